@@ -1,0 +1,34 @@
+"""Stage `aggregate`: every cell's records -> results.csv, summary.csv, skeleton.csv, metrics.json."""
+
+import json
+from pathlib import Path
+
+from whyconv import stage
+from whyconv.atomic import atomic_path, write_text
+from whyconv.config import load_params
+from whyconv.results import headline_metrics, results_table, skeleton_table, summarize
+from whyconv.study import cell_dir, read_cell
+
+REPORTS = Path("reports")
+
+
+def main() -> None:
+    params = load_params()
+    # Only the cells params.yaml asks for now: results of removed budgets are ignored.
+    cells = [("budget", family, budget) for family, budget in params.cells()]
+    cells += [("skeleton", family, channels) for family in ("lcn", "cnn")
+              for channels in params.study.skeleton_channels]
+    missing = [str(cell_dir(*c)) for c in cells if not (cell_dir(*c) / "result.json").is_file()]
+    if missing:
+        raise stage.StudyError(f"no results for {', '.join(missing)}. Fix: run `dvc repro` (it trains them).")
+    results = results_table([record for c in cells for record in read_cell(*c)])
+    summary = summarize(results[results["comparison"] == "budget"], ["family", "budget"])
+    for name, table in [("results", results), ("summary", summary), ("skeleton", skeleton_table(results))]:
+        with atomic_path(REPORTS / f"{name}.csv") as tmp:
+            table.to_csv(tmp, index=False, float_format="%.6g")
+    write_text(REPORTS / "metrics.json", json.dumps(headline_metrics(summary), indent=2) + "\n")
+    print(f"aggregated {len(results)} runs from {len(cells)} cells -> {REPORTS}/")
+
+
+if __name__ == "__main__":
+    stage.run(main)

@@ -1,0 +1,95 @@
+"""From per-cell records to the study's tables: every seed, then mean and 95% interval."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+RESULT_COLUMNS = [
+    "dataset", "comparison", "family", "budget", "width", "params", "seed", "status", "epochs",
+    "val_acc", "test_acc", "val_loss", "test_loss", "train_seconds", "images_per_second",
+    "diverged_epoch",
+]
+FAMILY_ORDER = ["mlp", "lcn", "cnn"]
+
+
+def results_table(records: list[dict]) -> pd.DataFrame:
+    """One row per dataset x comparison x family x budget (or channels) x seed."""
+    frame = pd.DataFrame.from_records(records, columns=RESULT_COLUMNS)
+    frame["family"] = pd.Categorical(frame["family"], FAMILY_ORDER, ordered=True)
+    return frame.sort_values(["comparison", "family", "params", "seed"]).reset_index(drop=True)
+
+
+def mean_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and two-sided Student-t interval over seeds; with one seed the interval is unknown (nan)."""
+    values = np.asarray(values, dtype=float)
+    mean = float(values.mean()) if len(values) else math.nan
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def summarize(results: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Mean test / val accuracy with 95% intervals per group; diverged seeds are counted, not averaged."""
+    rows = []
+    for key, group in results.groupby(by, observed=True, sort=True):
+        ok = group[group["status"] == "ok"]
+        row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        row.update(width=int(group["width"].iloc[0]), params=int(group["params"].iloc[0]),
+                   seeds=len(ok), diverged=int((group["status"] == "diverged").sum()))
+        for metric in ("test_acc", "val_acc"):
+            mean, low, high = mean_interval(ok[metric].to_numpy())
+            row.update({f"{metric}_mean": mean, f"{metric}_low": low, f"{metric}_high": high})
+        row["train_seconds"] = float(group["train_seconds"].sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def skeleton_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Same skeleton, with and without sharing: LCN minus CNN accuracy per channel count."""
+    summary = summarize(results[results["comparison"] == "skeleton"], ["family", "width"])
+    rows = []
+    for width, group in summary.groupby("width"):
+        by_family = group.set_index("family")
+        if not {"lcn", "cnn"} <= set(by_family.index):
+            continue
+        lcn, cnn = by_family.loc["lcn"], by_family.loc["cnn"]
+        lcn_acc = results.query("comparison == 'skeleton' and family == 'lcn' and width == @width and status == 'ok'")
+        cnn_acc = results.query("comparison == 'skeleton' and family == 'cnn' and width == @width and status == 'ok'")
+        diff, low, high = difference_interval(lcn_acc["test_acc"].to_numpy(), cnn_acc["test_acc"].to_numpy())
+        rows.append({
+            "channels": int(width), "lcn_params": int(lcn["params"]), "cnn_params": int(cnn["params"]),
+            "param_ratio": lcn["params"] / cnn["params"],
+            "lcn_test_acc": lcn["test_acc_mean"], "cnn_test_acc": cnn["test_acc_mean"],
+            "lcn_minus_cnn": diff, "lcn_minus_cnn_low": low, "lcn_minus_cnn_high": high,
+        })
+    return pd.DataFrame(rows)
+
+
+def difference_interval(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of a minus mean of b with a Welch t interval (nan when either has fewer than 2 seeds)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    diff = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
+    if len(a) < 2 or len(b) < 2:
+        return diff, math.nan, math.nan
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return diff, diff, diff
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = stats.t.ppf(0.5 + level / 2, dof) * se
+    return diff, diff - half, diff + half
+
+
+def headline_metrics(summary: pd.DataFrame) -> dict:
+    """Per family: best mean test accuracy, and at how many parameters (for `dvc metrics show`)."""
+    metrics = {}
+    for family, group in summary.groupby("family", observed=True):
+        best = group.loc[group["test_acc_mean"].idxmax()]
+        metrics[str(family)] = {"best_test_acc": round(float(best["test_acc_mean"]), 4),
+                                "at_params": int(best["params"])}
+    return metrics

@@ -1,0 +1,72 @@
+"""params.yaml validation: each mistake gets one message naming the key and what is allowed."""
+
+import copy
+
+import pytest
+import yaml
+
+from whyconv.config import ParamsError, load_params, parse
+
+DEFAULT = yaml.safe_load(open("params.yaml"))
+
+
+def with_change(path: str, value):
+    raw = copy.deepcopy(DEFAULT)
+    *parents, last = path.split(".")
+    node = raw
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return raw
+
+
+def test_default_params_are_valid():
+    params = load_params("params.yaml")
+    assert params.data.dataset == "fashion_mnist"
+    assert len(params.cells()) == sum(len(b) for b in DEFAULT["study"]["budgets"].values())
+
+
+@pytest.mark.parametrize("path, value, message", [
+    ("train.learning_rat", 0.1, "unknown key train.learning_rat. Did you mean 'learning_rate'"),
+    ("study.budget", {}, "unknown key study.budget. Did you mean 'budgets'"),
+    ("train.epochs", "ten", "train.epochs = 'ten': Input should be a valid integer"),
+    ("train.epochs", 0, "train.epochs = 0: Input should be greater than 0"),
+    ("train.batch_size", -8, "train.batch_size = -8: Input should be greater than 0"),
+    ("train.learning_rate", 0, "train.learning_rate = 0: Input should be greater than 0"),
+    ("train.learning_rate", -0.1, "train.learning_rate = -0.1"),
+    ("train.seeds", [], "train.seeds = []: List should have at least 1 item"),
+    ("train.seeds", [0, 0], "repeated: [0]"),
+    ("study.budgets.cnn", [1000, 1000], "study.budgets.cnn = [1000, 1000]: .*repeated: [1000]"),
+    ("study.budgets.rnn", [1000], "unknown key study.budgets.rnn"),
+    ("study.budgets.lcn", [3000], "study.budgets.lcn contains 3000: budget 3,000 is below the minimum of family 'lcn'"),
+    ("study.budgets.lcn", [30000], "no width of family 'lcn' lands within 10% of budget 30,000"),
+    ("data.dataset", "Fashion MNIST!", "data.dataset = 'Fashion MNIST!': String should match pattern"),
+    ("data.val_size", 60000, "data.val_size=60000 must be smaller than the 60000 training images"),
+    ("data.train_size", 59000, "data.train_size=59000 is more than the 55000 training images"),
+    ("train.batch_size", 70000, "train.batch_size=70000 is larger than the training set"),
+    ("study.tolerance", 1.5, "study.tolerance = 1.5: Input should be less than 1"),
+    ("model.depth", 0, "model.depth = 0"),
+])
+def test_each_mistake_gets_a_clear_message(path, value, message):
+    with pytest.raises(ParamsError, match=message.replace("[", r"\[").replace("]", r"\]").replace(". D", r"\. D")):
+        parse(with_change(path, value))
+
+
+def test_missing_key_and_bad_yaml(tmp_path):
+    raw = copy.deepcopy(DEFAULT)
+    del raw["train"]["epochs"]
+    with pytest.raises(ParamsError, match="missing key train.epochs"):
+        parse(raw)
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "absent.yaml")
+
+
+def test_yaml_is_read_safely(tmp_path):
+    unsafe = tmp_path / "params.yaml"
+    unsafe.write_text("data: !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(unsafe)

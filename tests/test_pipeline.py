@@ -1,0 +1,108 @@
+"""End to end: the real `dvc repro` of a tiny study in a temporary copy of the repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import write_idx_dataset
+from whyconv.capacity import Skeleton, param_count
+
+ROOT = Path(__file__).resolve().parents[1]
+TRACKED = ["src", "pipelines", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", "pyproject.toml"]
+
+
+def tiny_params(idx_dir: Path) -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"].update(idx_dir=str(idx_dir), val_size=200, tfds_dir="data/tfds")
+    params["train"].update(epochs=2, seeds=[0, 1], batch_size=64)
+    params["study"]["budgets"] = {"mlp": [4000, 10000], "lcn": [4000], "cnn": [4000]}
+    params["study"]["skeleton_channels"] = [2]
+    return params
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    """A copy of the repository, with a tiny study on small IDX data, after one `dvc repro`."""
+    repo = tmp_path_factory.mktemp("study")
+    for name in TRACKED:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif source.exists():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, repo / name)
+    idx = write_idx_dataset(repo.parent / "idx", train=1200, test=300)
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(idx), sort_keys=False))
+    run(["git", "init", "-q"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "tiny study"], repo)
+    run([str(Path(sys.executable).parent / "dvc"), "repro"], repo)
+    return repo
+
+
+def dvc(repo: Path, *args: str) -> str:
+    return run([str(Path(sys.executable).parent / "dvc"), *args], repo)
+
+
+@pytest.mark.slow
+def test_repro_produces_every_declared_output_with_sane_values(study):
+    results = pd.read_csv(study / "reports/results.csv")
+    # 4 matched-budget cells + 2 skeleton cells, 2 seeds each.
+    assert len(results) == 12
+    assert set(results["family"]) == {"mlp", "lcn", "cnn"}
+    assert (results["status"] == "ok").all()
+    assert results["test_acc"].between(0.2, 1.0).all()  # above chance (0.1): the synthetic classes are easy
+    assert (abs(results["params"] / results["budget"] - 1) <= 0.1).where(results["comparison"] == "budget", True).all()
+    summary = pd.read_csv(study / "reports/summary.csv")
+    assert len(summary) == 4 and (summary["seeds"] == 2).all()
+    assert (summary["test_acc_low"] <= summary["test_acc_mean"]).all()
+    assert (summary["test_acc_mean"] <= summary["test_acc_high"]).all()
+    skeleton = pd.read_csv(study / "reports/skeleton.csv")
+    fashion = Skeleton((28, 28, 1), 10)
+    expected = param_count("lcn", 2, fashion) / param_count("cnn", 2, fashion)
+    assert skeleton["param_ratio"].iloc[0] == pytest.approx(expected, rel=1e-5)
+    metrics = json.loads((study / "reports/metrics.json").read_text())
+    assert set(metrics) == {"mlp", "lcn", "cnn"}
+    report = (study / "reports/report.md").read_text()
+    assert "figures/accuracy_vs_params.png" in report and "| MLP" in report
+    png = (study / "reports/figures/accuracy_vs_params.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    curves = study / "runs/budget/cnn-4000/seed1/plots/metrics/val/acc.tsv"
+    assert len(curves.read_text().strip().splitlines()) == 1 + 2  # header + one row per epoch
+
+
+@pytest.mark.slow
+def test_repro_after_a_finished_run_does_nothing(study):
+    out = dvc(study, "repro")
+    assert "Running stage" not in out
+    assert "dvc status" not in dvc(study, "status") or "up to date" in dvc(study, "status")
+
+
+@pytest.mark.slow
+def test_changing_one_budget_reruns_only_its_cells(study):
+    params = yaml.safe_load((study / "params.yaml").read_text())
+    params["study"]["budgets"]["mlp"] = [4000, 25000]
+    (study / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = dvc(study, "repro")
+    ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
+    assert ran == ["aggregate", "report", "train-mlp@25000"]
+    results = pd.read_csv(study / "reports/results.csv")
+    assert sorted(results.query("family == 'mlp'")["budget"].unique()) == [4000, 25000]
