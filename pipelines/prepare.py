@@ -12,7 +12,8 @@ OUT = Path("data/prepared")
 def main() -> None:
     p = load_params().data
     splits = data.prepare(p.dataset, Path(p.tfds_dir), p.val_size, p.split_seed,
-                          idx_dir=p.idx_dir, download=p.download, train_size=p.train_size)
+                          idx_dir=p.idx_dir, download=p.download, train_size=p.train_size,
+                          verify=p.verify_checksums)
     with atomic_path(OUT) as tmp:
         data.save(splits, tmp)
     print(f"prepared {p.dataset}: {splits.meta.sizes} -> {OUT}")

@@ -15,10 +15,10 @@ REPORTS = Path("reports")
 def main() -> None:
     params = load_params()
     meta = json.loads(Path("data/prepared/meta.json").read_text())
-    setup = {"dataset": meta["dataset"], "sizes": meta["sizes"], **params.train.model_dump()}
-    summary = pd.read_csv(REPORTS / "summary.csv")
-    skeleton = pd.read_csv(REPORTS / "skeleton.csv")
-    write_report(summary, skeleton, setup, REPORTS)
+    setup = {"dataset": meta["dataset"], "sizes": meta["sizes"], "dropout": params.model.dropout,
+             **params.train.model_dump()}
+    tables = [pd.read_csv(REPORTS / f"{name}.csv") for name in ("results", "summary", "skeleton")]
+    write_report(*tables, setup, REPORTS)
     print(f"wrote {REPORTS / 'report.md'}")
 
 

@@ -34,7 +34,7 @@ def test_read_idx_refuses_truncated_and_corrupt_files(tmp_path):
 
 
 def test_prepare_builds_the_tfds_dataset_from_idx_files(tmp_path, idx_dir):
-    splits = data.prepare("fashion_mnist", tmp_path / "tfds", val_size=100, split_seed=0, idx_dir=str(idx_dir))
+    splits = data.prepare("fashion_mnist", tmp_path / "tfds", val_size=100, split_seed=0, idx_dir=str(idx_dir), verify=False)
     train_images, train_labels = synthetic_images(1000, seed=0)
     test_images, test_labels = synthetic_images(200, seed=1)
     assert splits.meta.sizes == {"train": 900, "val": 100, "test": 200}
@@ -50,7 +50,7 @@ def test_prepare_builds_the_tfds_dataset_from_idx_files(tmp_path, idx_dir):
 
 
 def test_prepared_arrays_survive_save_and_load(tmp_path, idx_dir):
-    splits = data.prepare("fashion_mnist", tmp_path / "tfds", 100, 0, idx_dir=str(idx_dir), train_size=500)
+    splits = data.prepare("fashion_mnist", tmp_path / "tfds", 100, 0, idx_dir=str(idx_dir), train_size=500, verify=False)
     data.save(splits, tmp_path / "prepared")
     loaded = data.load(tmp_path / "prepared")
     assert loaded.meta == splits.meta and loaded.meta.sizes["train"] == 500
@@ -70,7 +70,7 @@ def test_missing_idx_files_name_the_fix(tmp_path, monkeypatch):
 def test_validation_split_larger_than_train_is_refused(tmp_path):
     idx = write_idx_dataset(tmp_path / "idx", train=50, test=10)
     with pytest.raises(data.DataError, match="leaves no training data"):
-        data.prepare("fashion_mnist", tmp_path / "tfds", 50, 0, idx_dir=str(idx))
+        data.prepare("fashion_mnist", tmp_path / "tfds", 50, 0, idx_dir=str(idx), verify=False)
 
 
 class FakeSource:

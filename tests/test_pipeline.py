@@ -22,7 +22,7 @@ TRACKED = ["src", "pipelines", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcig
 
 def tiny_params(idx_dir: Path) -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"].update(idx_dir=str(idx_dir), val_size=200, tfds_dir="data/tfds")
+    params["data"].update(idx_dir=str(idx_dir), val_size=200, tfds_dir="data/tfds", verify_checksums=False)
     params["train"].update(epochs=2, seeds=[0, 1], batch_size=64)
     params["study"]["budgets"] = {"mlp": [4000, 10000], "lcn": [4000], "cnn": [4000]}
     params["study"]["skeleton_channels"] = [2]

@@ -33,6 +33,7 @@ class DataParams(Strict):
     idx_dir: str | None = None
     tfds_dir: str = "data/tfds"
     download: bool = False
+    verify_checksums: bool = True
     val_size: Positive
     split_seed: Annotated[int, Field(ge=0)]
     train_size: Positive | None = None

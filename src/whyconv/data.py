@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ IDX_SEARCH_PATHS = {
     "mnist": ["/usr/share/datasets/mnist"],
 }
 IDX_INSTALL_HINT = {
-    "fashion_mnist": "sudo apt-get install dataset-fashion-mnist",
+    "fashion_mnist": "apt-get install dataset-fashion-mnist",
     "mnist": "download the four MNIST IDX files into a folder",
 }
 IDX_CLASS_NAMES = {
@@ -45,6 +46,15 @@ IDX_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 IDX_IMAGE_SHAPE = (28, 28, 1)
+# sha256 of the decompressed official files (Debian's .gz differ in header bytes only).
+IDX_SHA256 = {
+    "fashion_mnist": {
+        "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    },
+}
 
 
 class DataError(RuntimeError):
@@ -54,14 +64,31 @@ class DataError(RuntimeError):
 # --------------------------------------------------------------------------- IDX files
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Read one IDX file (optionally gzipped) of unsigned bytes into an array."""
+def read_bytes(path: Path) -> bytes:
+    """The content of a file, decompressed if it ends in .gz."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            raw = f.read()
+            return f.read()
     except (OSError, EOFError) as err:  # gzip raises both on truncated or corrupt files
-        raise DataError(f"cannot read IDX file {path}: {err}") from err
+        raise DataError(f"cannot read IDX file {path}: {err}. The file is damaged or "
+                        f"truncated: reinstall or download it again.") from err
+
+
+def verify_checksums(dataset: str, folder: Path) -> None:
+    """Check the IDX files of `dataset` against the official digests, where they are known."""
+    for stem, expected in IDX_SHA256.get(dataset, {}).items():
+        path = find_idx_file(folder, stem)
+        if hashlib.sha256(read_bytes(path)).hexdigest() != expected:
+            raise DataError(
+                f"{path} is not the official {dataset} file (sha256 mismatch): it is damaged or "
+                f"different data. Fix: {IDX_INSTALL_HINT[dataset]} (with --reinstall), or, for "
+                f"your own IDX data, set data.verify_checksums: false.")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (optionally gzipped) of unsigned bytes into an array."""
+    raw = read_bytes(path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DataError(f"{path} is not an IDX file of unsigned bytes (bad magic number)")
     ndim = raw[3]
@@ -227,10 +254,16 @@ def prepare(
     idx_dir: str | None = None,
     download: bool = False,
     train_size: int | None = None,
+    verify: bool = True,
 ) -> Splits:
-    """Load `dataset` through TFDS and split it into train / val / test arrays."""
+    """Load `dataset` through TFDS and split it into train / val / test arrays.
+
+    With `verify`, local IDX files are checked against the official digests first.
+    """
     folder = find_idx_dir(dataset, idx_dir) if dataset in IDX_CLASS_NAMES else None
     if folder is not None:
+        if verify:
+            verify_checksums(dataset, folder)
         source, info = build_idx_dataset(dataset, folder, tfds_dir)
     else:
         hint = ""

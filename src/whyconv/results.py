@@ -50,22 +50,26 @@ def summarize(results: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 
 def skeleton_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Same skeleton, with and without sharing: LCN minus CNN accuracy per channel count."""
-    summary = summarize(results[results["comparison"] == "skeleton"], ["family", "width"])
+    """Same skeleton, with and without sharing: LCN minus CNN accuracy per channel count.
+
+    Every channel count at which both an LCN and a CNN were trained counts, whether the cells
+    came from a budget or from `study.skeleton_channels` (a run trained twice counts once).
+    """
+    spatial = results[results["family"].isin(["lcn", "cnn"]) & (results["status"] == "ok")]
+    spatial = spatial.drop_duplicates(["family", "width", "seed"])
     rows = []
-    for width, group in summary.groupby("width"):
-        by_family = group.set_index("family")
-        if not {"lcn", "cnn"} <= set(by_family.index):
+    for width, group in spatial.groupby("width"):
+        lcn, cnn = (group[group["family"] == f] for f in ("lcn", "cnn"))
+        if lcn.empty or cnn.empty:
             continue
-        lcn, cnn = by_family.loc["lcn"], by_family.loc["cnn"]
-        lcn_acc = results.query("comparison == 'skeleton' and family == 'lcn' and width == @width and status == 'ok'")
-        cnn_acc = results.query("comparison == 'skeleton' and family == 'cnn' and width == @width and status == 'ok'")
-        diff, low, high = difference_interval(lcn_acc["test_acc"].to_numpy(), cnn_acc["test_acc"].to_numpy())
+        diff, low, high = difference_interval(lcn["test_acc"].to_numpy(), cnn["test_acc"].to_numpy())
         rows.append({
-            "channels": int(width), "lcn_params": int(lcn["params"]), "cnn_params": int(cnn["params"]),
-            "param_ratio": lcn["params"] / cnn["params"],
-            "lcn_test_acc": lcn["test_acc_mean"], "cnn_test_acc": cnn["test_acc_mean"],
+            "channels": int(width), "lcn_params": int(lcn["params"].iloc[0]),
+            "cnn_params": int(cnn["params"].iloc[0]),
+            "param_ratio": lcn["params"].iloc[0] / cnn["params"].iloc[0],
+            "lcn_test_acc": lcn["test_acc"].mean(), "cnn_test_acc": cnn["test_acc"].mean(),
             "lcn_minus_cnn": diff, "lcn_minus_cnn_low": low, "lcn_minus_cnn_high": high,
+            "seeds": min(len(lcn), len(cnn)),
         })
     return pd.DataFrame(rows)
 

@@ -12,11 +12,11 @@ loop body run 10-20x slower on XLA CPU (jax-ml/jax#12868).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -26,6 +26,7 @@ import optax
 from flax.training import train_state
 from tqdm.auto import tqdm
 
+from whyconv.checkpoint import CheckpointStore
 from whyconv.data import Splits
 
 
@@ -67,6 +68,7 @@ def normalize(images: jnp.ndarray, mean: float, std: float) -> jnp.ndarray:
     return (images.astype(jnp.float32) / 255.0 - mean) / std
 
 
+@functools.cache  # one compilation per model, shared by its seeds
 def make_steps(model: nn.Module, mean: float, std: float) -> tuple[Callable, Callable]:
     """The jitted train step and eval step of `model`.
 
@@ -120,73 +122,86 @@ def epoch_order(seed: int, epoch: int, n: int, batch_size: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)[: steps * batch_size].reshape(steps, batch_size)
 
 
+def run_epoch(train_step: Callable, state, images, labels, order: np.ndarray, dropout_key,
+              progress: tqdm, epoch_label: str) -> tuple[object, float, float]:
+    """One pass over `order`'s batches: the new state, mean train loss and accuracy.
+
+    The loss is read back every 50 steps (for the progress bar); a non-finite value ends the
+    epoch at once, and the caller sees a non-finite mean.
+    """
+    batch_size = order.shape[1]
+    order = jnp.asarray(order)
+    losses, accuracies = [], []
+    start = time.perf_counter()
+    for i in range(len(order)):
+        state, loss, accuracy = train_step(state, images, labels, order[i], dropout_key)
+        losses.append(loss)
+        accuracies.append(accuracy)
+        progress.update(1)
+        if (i + 1) % 50 == 0 or i + 1 == len(order):
+            recent = float(jnp.mean(jnp.stack(losses[-50:])))
+            if not math.isfinite(recent):
+                break
+            progress.set_postfix(
+                epoch=epoch_label, loss=f"{recent:.3f}",
+                acc=f"{float(jnp.mean(jnp.stack(accuracies[-50:]))):.3f}",
+                img_s=f"{(i + 1) * batch_size / (time.perf_counter() - start):,.0f}", refresh=False)
+    return state, float(jnp.mean(jnp.stack(losses))), float(jnp.mean(jnp.stack(accuracies)))
+
+
 def train_seed(
     model: nn.Module,
     splits: Splits,
     config: TrainConfig,
     seed: int,
     label: str = "",
-    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    store: CheckpointStore | None = None,
 ) -> SeedResult:
     """Train one seed for `config.epochs` epochs; evaluate on val every epoch, test at the end.
 
-    A non-finite training loss stops the seed at once and marks it diverged.
+    With a `store`, the state is saved after every epoch and a matching checkpoint is resumed
+    from. A non-finite training loss stops the seed and marks it diverged.
     """
     train_images, train_labels = (jnp.asarray(a) for a in splits.arrays["train"])
+    val_images, val_labels = (jnp.asarray(a) for a in splits.arrays["val"])
     n = len(train_labels)
     steps = n // config.batch_size
     if steps == 0:
         raise ValueError(f"batch size {config.batch_size} is larger than the {n} training images")
     train_step, eval_step = make_steps(model, splits.meta.mean, splits.meta.std)
-    sample = jnp.zeros((1, *splits.meta.image_shape), jnp.float32)
     init_key, dropout_key = jax.random.split(jax.random.key(seed))
     state = train_state.TrainState.create(
         apply_fn=model.apply,
-        params=model.init(init_key, sample)["params"],
+        params=model.init(init_key, jnp.zeros((1, *splits.meta.image_shape)))["params"],
         tx=make_optimizer(config, steps),
     )
-    val = tuple(jnp.asarray(a) for a in splits.arrays["val"])
     history: list[dict[str, float]] = []
-    start = time.perf_counter()
-    progress = tqdm(total=config.epochs * steps, desc=f"{label} seed {seed}", unit="step",
-                    leave=False, mininterval=1.0)
-    result = SeedResult(seed=seed, status="ok", epochs=0, train_seconds=0.0, images_per_second=0.0)
-    with progress:
-        for epoch in range(1, config.epochs + 1):
-            order = jnp.asarray(epoch_order(seed, epoch, n, config.batch_size))
-            losses, accuracies = [], []
-            epoch_start = time.perf_counter()
-            for i in range(steps):
-                state, loss, accuracy = train_step(state, train_images, train_labels, order[i], dropout_key)
-                losses.append(loss)
-                accuracies.append(accuracy)
-                if (i + 1) % 50 == 0 or i + 1 == steps:
-                    recent = float(jnp.mean(jnp.stack(losses[-50:])))
-                    if not math.isfinite(recent):
-                        break
-                    progress.set_postfix(
-                        epoch=f"{epoch}/{config.epochs}", loss=f"{recent:.3f}",
-                        acc=f"{float(jnp.mean(jnp.stack(accuracies[-50:]))):.3f}",
-                        img_s=f"{(i + 1) * config.batch_size / (time.perf_counter() - epoch_start):,.0f}",
-                        refresh=False)
-                progress.update(1)
-            train_loss = float(jnp.mean(jnp.stack(losses)))
+    seconds = 0.0
+    restored = store.load(seed, state) if store is not None else None
+    if restored is not None:
+        state, history, seconds = restored.state, restored.history, restored.seconds
+    result = SeedResult(seed=seed, status="ok", epochs=len(history), train_seconds=0.0, images_per_second=0.0)
+    with tqdm(total=config.epochs * steps, initial=len(history) * steps, desc=f"{label} seed {seed}",
+              unit="step", leave=False, mininterval=1.0) as progress:
+        for epoch in range(len(history) + 1, config.epochs + 1):
+            start = time.perf_counter()
+            order = epoch_order(seed, epoch, n, config.batch_size)
+            state, train_loss, train_acc = run_epoch(train_step, state, train_images, train_labels,
+                                                     order, dropout_key, progress, f"{epoch}/{config.epochs}")
             if not math.isfinite(train_loss):
                 result.status, result.diverged_epoch = "diverged", epoch
                 break
-            val_loss, val_acc = evaluate(eval_step, state.params, *val, config.eval_batch_size)
-            row = {"epoch": epoch, "train_loss": train_loss,
-                   "train_acc": float(jnp.mean(jnp.stack(accuracies))),
-                   "val_loss": val_loss, "val_acc": val_acc}
-            history.append(row)
-            if on_epoch is not None:
-                on_epoch(row)
-            result.epochs = epoch
-    result.train_seconds = time.perf_counter() - start
-    result.images_per_second = result.epochs * steps * config.batch_size / result.train_seconds
-    result.history = history
+            val_loss, val_acc = evaluate(eval_step, state.params, val_images, val_labels, config.eval_batch_size)
+            history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+                            "val_loss": val_loss, "val_acc": val_acc})
+            seconds += time.perf_counter() - start
+            if store is not None:
+                store.save(seed, state, history, seconds)
+    result.epochs, result.history, result.train_seconds = len(history), history, seconds
+    result.images_per_second = len(history) * steps * config.batch_size / seconds if seconds else 0.0
     if result.status == "ok":
-        test = tuple(jnp.asarray(a) for a in splits.arrays["test"])
+        test_images, test_labels = (jnp.asarray(a) for a in splits.arrays["test"])
         result.val_loss, result.val_acc = history[-1]["val_loss"], history[-1]["val_acc"]
-        result.test_loss, result.test_acc = evaluate(eval_step, state.params, *test, config.eval_batch_size)
+        result.test_loss, result.test_acc = evaluate(eval_step, state.params, test_images, test_labels,
+                                                     config.eval_batch_size)
     return result
