@@ -1,12 +1,14 @@
-"""Stage `aggregate`: every cell's records -> results.csv, summary.csv, skeleton.csv, metrics.json."""
+"""Stage `aggregate`: every cell's records -> results, summary, skeleton and curves tables, metrics.json."""
 
 import json
 from pathlib import Path
 
+import pandas as pd
+
 from whyconv import stage
 from whyconv.atomic import atomic_path, write_text
 from whyconv.config import load_params
-from whyconv.results import headline_metrics, results_table, skeleton_table, summarize
+from whyconv.results import headline_metrics, read_curves, results_table, skeleton_table, summarize
 from whyconv.study import cell_dir, read_cell
 
 REPORTS = Path("reports")
@@ -23,7 +25,12 @@ def main() -> None:
         raise stage.StudyError(f"no results for {', '.join(missing)}. Fix: run `dvc repro` (it trains them).")
     results = results_table([record for c in cells for record in read_cell(*c)])
     summary = summarize(results[results["comparison"] == "budget"], ["family", "budget"])
-    for name, table in [("results", results), ("summary", summary), ("skeleton", skeleton_table(results))]:
+    curves = pd.concat([
+        read_curves(cell_dir(*c) / f"seed{seed}").assign(comparison=c[0], family=c[1], size=c[2], seed=seed)
+        for c in cells for seed in params.train.seeds])
+    tables = [("results", results), ("summary", summary), ("skeleton", skeleton_table(results)),
+              ("curves", curves)]
+    for name, table in tables:
         with atomic_path(REPORTS / f"{name}.csv") as tmp:
             table.to_csv(tmp, index=False, float_format="%.6g")
     write_text(REPORTS / "metrics.json", json.dumps(headline_metrics(summary), indent=2) + "\n")

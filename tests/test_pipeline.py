@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,9 @@ from conftest import write_idx_dataset
 from whyconv.capacity import Skeleton, param_count
 
 ROOT = Path(__file__).resolve().parents[1]
-TRACKED = ["src", "pipelines", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", "pyproject.toml"]
+ARTIFACTS = ROOT / "test-artifacts"  # what a person may want to look at after a run
+TRACKED = ["src", "pipelines", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/offline-plots.html", ".dvcignore",
+           "pyproject.toml"]
 
 
 def tiny_params(idx_dir: Path) -> dict:
@@ -90,6 +93,24 @@ def test_repro_produces_every_declared_output_with_sane_values(study):
 
 
 @pytest.mark.slow
+def test_dvc_plots_show_renders_without_the_network(study, tmp_path):
+    dvc(study, "plots", "show", "-o", str(tmp_path / "plots"))
+    page = (tmp_path / "plots/index.html").read_text()
+    assert "vegaEmbed(" in page and "accuracy_vs_params.png" in page
+    assert not re.search(r"<script[^>]+src=", page)  # Vega is inlined, not loaded from a CDN
+
+
+@pytest.mark.slow
+def test_rerunning_a_cell_gives_identical_results(study):
+    timing = ["train_seconds", "images_per_second"]
+    before = pd.read_csv(study / "reports/results.csv").drop(columns=timing)
+    out = dvc(study, "repro", "--force", "--single-item", "train-cnn@4000")
+    assert "Running stage 'train-cnn@4000'" in out
+    dvc(study, "repro")  # aggregate and report again, from the retrained cell
+    pd.testing.assert_frame_equal(pd.read_csv(study / "reports/results.csv").drop(columns=timing), before)
+
+
+@pytest.mark.slow
 def test_repro_after_a_finished_run_does_nothing(study):
     out = dvc(study, "repro")
     assert "Running stage" not in out
@@ -106,3 +127,64 @@ def test_changing_one_budget_reruns_only_its_cells(study):
     assert ran == ["aggregate", "report", "train-mlp@25000"]
     results = pd.read_csv(study / "reports/results.csv")
     assert sorted(results.query("family == 'mlp'")["budget"].unique()) == [4000, 25000]
+
+
+@pytest.mark.slow
+def test_bad_params_stop_repro_with_one_message_and_leave_outputs_alone(study):
+    before = {path: path.read_bytes() for path in (study / "reports").rglob("*") if path.is_file()}
+    cells = sorted(p.name for p in (study / "runs/budget").iterdir())
+    params = yaml.safe_load((study / "params.yaml").read_text())
+    params["train"]["learning_rate"] = -1
+    (study / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=study, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "error: invalid params.yaml:\n  train.learning_rate = -1: Input should be greater than 0" in done.stderr
+    assert sorted(p.name for p in (study / "runs/budget").iterdir()) == cells
+    assert {path: path.read_bytes() for path in (study / "reports").rglob("*") if path.is_file()} == before
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Headless, and kept off the network: the page must render from the file alone.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars"]
+PROBE = """<script>
+window.addEventListener("load", () => {
+  const images = [...document.images];
+  const decoded = images.filter(i => i.complete && i.naturalWidth > 0).length;
+  const headers = [...document.querySelectorAll("th")].map(th => th.textContent.trim());
+  document.body.setAttribute("data-probe",
+    `images=${decoded}/${images.length};headline=${headers.includes("MLP parameters")}`);
+});
+</script>"""
+
+
+def chromium(*args: str, profile: Path) -> str:
+    done = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+                          capture_output=True, text=True, timeout=120)
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_report_page_is_self_contained_and_renders_in_a_real_browser(study, tmp_path):
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: .ci/run installs Debian's chromium for this test")
+        pytest.skip("needs Debian's chromium (apt-get install chromium)")
+    page = study / "reports/index.html"
+    html = page.read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)  # nothing to fetch from anywhere
+    probe = tmp_path / "probe.html"
+    probe.write_text(html.replace("</body>", PROBE + "</body>"))
+    dom = chromium("--virtual-time-budget=10000", "--dump-dom", probe.as_uri(), profile=tmp_path / "p1")
+    found = re.search(r'data-probe="images=(\d+)/(\d+);headline=(\w+)"', dom)
+    assert found, dom[-2000:]
+    decoded, images, headline = int(found[1]), int(found[2]), found[3]
+    assert images >= 2 and decoded == images  # every figure decodes
+    assert headline == "true"  # the parameters-to-reach table is there
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report-first-screen.png"
+    chromium("--window-size=1280,1000", f"--screenshot={shot}", page.as_uri(), profile=tmp_path / "p2")
+    assert shot.read_bytes().startswith(b"\x89PNG")

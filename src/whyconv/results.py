@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -97,3 +98,53 @@ def headline_metrics(summary: pd.DataFrame) -> dict:
         metrics[str(family)] = {"best_test_acc": round(float(best["test_acc_mean"]), 4),
                                 "at_params": int(best["params"])}
     return metrics
+
+
+def read_curves(folder: Path) -> pd.DataFrame:
+    """One seed's per-epoch curves, as dvclive wrote them: epoch, train/val loss and accuracy."""
+    columns = []
+    for split in ("train", "val"):
+        for metric in ("loss", "acc"):
+            tsv = folder / "plots" / "metrics" / split / f"{metric}.tsv"
+            if not tsv.is_file():  # a seed that diverged in its first epoch has no curve
+                return pd.DataFrame()
+            series = pd.read_csv(tsv, sep="\t").set_index("step")[metric]
+            columns.append(series.rename(f"{split}_{metric}"))
+    return pd.concat(columns, axis=1).rename_axis("epoch").reset_index()
+
+
+def params_to_reach(params: np.ndarray, accuracy: np.ndarray, level: float) -> float:
+    """Parameters at which accuracy first reaches `level`, interpolated linearly in log(params).
+
+    nan when the family never reaches it within the budgets trained; the smallest model's count
+    when even that one is above the level (the true need may be lower).
+    """
+    order = np.argsort(params)
+    params, accuracy = np.asarray(params, float)[order], np.asarray(accuracy, float)[order]
+    if accuracy[0] >= level:
+        return float(params[0])
+    for i in range(1, len(params)):
+        if accuracy[i] >= level > accuracy[i - 1]:
+            t = (level - accuracy[i - 1]) / (accuracy[i] - accuracy[i - 1])
+            return float(np.exp(np.log(params[i - 1]) + t * (np.log(params[i]) - np.log(params[i - 1]))))
+    return math.nan
+
+
+def params_ratio(results: pd.DataFrame, family: str, reference: str, level: float) -> dict:
+    """How many times `reference`'s parameters `family` needs to reach `level`, per seed.
+
+    Seed k's curve is its runs over the budgets; the ratio's interval is a t interval of the
+    log ratio over seeds (geometric mean). nan where either family never reaches the level.
+    """
+    runs = results[(results["comparison"] == "budget") & (results["status"] == "ok")]
+    needs = {}
+    for name in (family, reference):
+        rows = runs[runs["family"] == name]
+        needs[name] = {seed: params_to_reach(g["params"].to_numpy(), g["test_acc"].to_numpy(), level)
+                       for seed, g in rows.groupby("seed")}
+    seeds = sorted(set(needs[family]) & set(needs[reference]))
+    logs = np.array([math.log(needs[family][s] / needs[reference][s]) for s in seeds])
+    if len(logs) == 0 or np.isnan(logs).any():
+        return {"ratio": math.nan, "low": math.nan, "high": math.nan, "seeds": len(logs)}
+    mean, low, high = mean_interval(logs)
+    return {"ratio": math.exp(mean), "low": math.exp(low), "high": math.exp(high), "seeds": len(logs)}

@@ -1,0 +1,89 @@
+"""The report: numbers from the tables, wording chosen by the intervals, a page that needs no network."""
+
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from whyconv.report import budget_sentences, diverged_note, reach_table, write_report
+from whyconv.results import params_to_reach, results_table, skeleton_table, summarize
+
+
+def test_params_to_reach_interpolates_in_log_parameters():
+    params, acc = np.array([1_000, 10_000, 100_000]), np.array([0.80, 0.86, 0.90])
+    assert params_to_reach(params, acc, 0.88) == pytest.approx(10 ** 4.5)
+    assert params_to_reach(params, acc, 0.70) == 1_000  # already there at the smallest model
+    assert math.isnan(params_to_reach(params, acc, 0.95))  # never reached
+
+
+def study_results(accuracy: dict[str, list[float]], noise: float = 0.004) -> pd.DataFrame:
+    """Three seeds per family at 1k, 10k, 100k parameters with the given mean accuracies."""
+    rng = np.random.default_rng(0)
+    records = []
+    for family, means in accuracy.items():
+        for budget, mean in zip((1_000, 10_000, 100_000), means):
+            for seed in range(3):
+                acc = mean + noise * rng.standard_normal()
+                records.append({"dataset": "d", "comparison": "budget", "family": family, "budget": budget,
+                                "width": budget // 100, "params": budget, "seed": seed, "status": "ok",
+                                "epochs": 2, "val_acc": acc, "test_acc": acc, "val_loss": 1.0,
+                                "test_loss": 1.0, "train_seconds": 1.0, "images_per_second": 1.0,
+                                "diverged_epoch": None})
+    return results_table(records)
+
+
+def report_inputs(accuracy):
+    results = study_results(accuracy)
+    return results, summarize(results, ["family", "budget"])
+
+
+def test_comparison_wording_flips_with_the_data():
+    results, _ = report_inputs({"mlp": [0.80, 0.85, 0.88], "cnn": [0.86, 0.90, 0.92]})
+    assert any("10,000 parameters, both priors: the CNN is more accurate than the MLP" in s
+               for s in budget_sentences(results))
+    flipped, _ = report_inputs({"mlp": [0.86, 0.90, 0.92], "cnn": [0.80, 0.85, 0.88]})
+    assert any("10,000 parameters, both priors: the CNN is less accurate than the MLP" in s
+               for s in budget_sentences(flipped))
+    tied, _ = report_inputs({"mlp": [0.80, 0.85, 0.88], "cnn": [0.80, 0.85, 0.88]})
+    assert all("no detectable difference" in s for s in budget_sentences(tied))
+
+
+def test_parameters_needed_names_the_thriftier_family_from_the_data():
+    results, summary = report_inputs({"mlp": [0.80, 0.85, 0.88], "cnn": [0.86, 0.89, 0.92]})
+    table, sentences = reach_table(results, summary)
+    assert "MLP parameters" in table and "CNN parameters" in table
+    assert any("To reach 88% test accuracy, the MLP needs" in s and "the parameters of the CNN" in s
+               for s in sentences)
+    results, summary = report_inputs({"mlp": [0.86, 0.89, 0.92], "cnn": [0.80, 0.85, 0.88]})
+    _, sentences = reach_table(results, summary)
+    assert any(re.search(r"To reach \d+% test accuracy, the CNN needs .* the parameters of the MLP", s)
+               for s in sentences)
+
+
+def test_report_files_are_self_contained(tmp_path):
+    results, summary = report_inputs({"mlp": [0.80, 0.85, 0.88], "lcn": [0.83, 0.87, 0.89],
+                                      "cnn": [0.86, 0.89, 0.92]})
+    curves = pd.DataFrame([{"comparison": "budget", "family": f, "size": 100_000, "seed": 0, "epoch": e,
+                            "train_loss": 1 / e, "train_acc": 0.8, "val_loss": 1 / e, "val_acc": 0.8}
+                           for f in ("mlp", "lcn", "cnn") for e in (1, 2)])
+    setup = {"dataset": "d", "sizes": {"train": 10, "val": 2, "test": 3}, "epochs": 2, "batch_size": 8,
+             "learning_rate": 0.1, "weight_decay": 0.0, "warmup_epochs": 0, "seeds": [0, 1, 2],
+             "dropout": 0.3, "model": {"kernel_size": 3, "depth": 2}, "version": "abc123",
+             "params": {"train": {"epochs": 2}}}
+    write_report(results, summary, skeleton_table(results), curves, setup, tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert "![test accuracy against parameters](figures/accuracy_vs_params.png)" in report
+    assert "code version `abc123`" in report and "## Limitations" in report
+    page = (tmp_path / "index.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and 'src="figures/' not in page
+    assert "<table>" in page and "MLP parameters" in page
+
+
+def test_diverged_runs_are_named_in_the_report():
+    results = study_results({"cnn": [0.8, 0.85, 0.9]})
+    results.loc[0, ["status", "diverged_epoch", "test_acc"]] = ["diverged", 3, float("nan")]
+    note = diverged_note(results)
+    assert note.startswith("**1 run(s) diverged**") and "CNN budget 1000 seed 0 (epoch 3)" in note
+    assert diverged_note(study_results({"cnn": [0.8, 0.85, 0.9]})) == "Every run finished with a finite loss."
