@@ -1,6 +1,6 @@
 # The two commands: `make study` runs the whole study, `make test` runs the tests.
 # Both set up everything first (scripts/setup.sh), so they work on a fresh clone.
-.PHONY: setup study quick test
+.PHONY: setup study quick test bench
 
 # Stage commands in dvc.yaml call `python`: make it the project's.
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
@@ -21,3 +21,9 @@ quick: setup
 
 test: setup
 	pytest
+
+# Training throughput of every family against this machine's matmul peak and PyTorch:
+# writes reports/benchmarks.md and .json. PyTorch comes from the `bench` extra.
+bench: setup
+	python -m pip install -q -c requirements.lock -e '.[bench]'
+	python -m whyconv.bench

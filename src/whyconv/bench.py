@@ -1,0 +1,261 @@
+"""The benchmark: training throughput of every family against the machine's own limits.
+
+    python -m whyconv.bench            # or: make bench
+
+On the machine at hand it measures the float32 matmul peak, then for every family at three
+parameter budgets: first-step compile time, steady-state training throughput, analytic FLOPs
+per step, achieved GFLOP/s and its share of the peak, XLA's memory estimate, and the same
+architecture trained the same way in PyTorch (when installed: the `bench` extra). It also
+times seeds trained together (vmap) against one after another. Results go to
+reports/benchmarks.md and reports/benchmarks.json. This is not a test: it reports figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from whyconv.atomic import write_text
+from whyconv.capacity import Skeleton, solve_width, spatial_sizes
+from whyconv.models import FAMILIES, build_model
+
+FASHION = Skeleton((28, 28, 1), 10)
+BUDGETS = (10_000, 100_000, 1_000_000)
+
+
+def forward_flops(family: str, width: int, skeleton: Skeleton) -> int:
+    """Multiply-adds x 2 of one example's forward pass. Sharing changes parameters, not this."""
+    h, w, c = skeleton.image_shape
+    if family == "mlp":
+        sizes = [h * w * c] + [width] * skeleton.depth + [skeleton.num_classes]
+        return sum(2 * a * b for a, b in zip(sizes, sizes[1:]))
+    flops, in_channels = 0, c
+    for layer, (out_h, out_w) in enumerate(spatial_sizes(skeleton)):
+        out_channels = width * 2**layer
+        flops += 2 * out_h * out_w * skeleton.kernel_size**2 * in_channels * out_channels
+        in_channels = out_channels
+    out_h, out_w = spatial_sizes(skeleton)[-1]
+    return flops + 2 * out_h * out_w * in_channels * skeleton.num_classes
+
+
+def train_flops(family: str, width: int, skeleton: Skeleton, batch: int) -> int:
+    """A training step is about three forward passes (forward, and two products backward)."""
+    return 3 * batch * forward_flops(family, width, skeleton)
+
+
+def timed(step: Callable[[], object], seconds: float, min_steps: int = 5) -> float:
+    """Seconds per call in steady state (after one warm-up call)."""
+    jax.block_until_ready(step())
+    calls, start = 0, time.perf_counter()
+    while calls < min_steps or time.perf_counter() - start < seconds:
+        out = step()
+        calls += 1
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / calls
+
+
+def matmul_peak(n: int = 2048, seconds: float = 2.0) -> float:
+    """float32 GFLOP/s of a square matmul: the physical reference for every share below."""
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    return 2 * n**3 / timed(lambda: f(a), seconds) / 1e9
+
+
+def jax_step(family: str, width: int, batch: int, seeds: int = 1, together: bool = False):
+    """A jitted AdamW training step (as in whyconv.training) and its arguments."""
+    model = build_model(family, width, FASHION.num_classes)
+    tx = optax.adamw(1e-3)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, 28, 28, 1)), jnp.float32)
+    y = jnp.zeros((batch,), jnp.int32)
+
+    def init(key):
+        params = model.init(key, x[:1])["params"]
+        return params, tx.init(params)
+
+    def step(params, opt, x, y):
+        def loss(p):
+            return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, x), y).mean()
+
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, opt = tx.update(grads, opt, params)
+        return optax.apply_updates(params, updates), opt, value
+
+    keys = jax.random.split(jax.random.key(0), seeds)
+    if together:
+        return jax.jit(jax.vmap(step, in_axes=(0, 0, None, None))), [jax.vmap(init)(keys)], x, y
+    return jax.jit(step), [init(k) for k in keys], x, y
+
+
+@dataclass
+class Row:
+    family: str
+    budget: int
+    width: int
+    params: int
+    compile_seconds: float
+    images_per_second: float
+    train_gflop_per_step: float
+    gflops: float
+    share_of_peak: float
+    xla_memory_mb: float
+    torch_images_per_second: float | None
+    speedup_vs_torch: float | None
+
+
+def bench_jax(family: str, width: int, batch: int, seconds: float) -> tuple[float, float, float]:
+    """(compile seconds, images/s, XLA's memory estimate in MB) of one training step."""
+    step, states, x, y = jax_step(family, width, batch)
+    (params, opt), = states
+    start = time.perf_counter()
+    compiled = step.lower(params, opt, x, y).compile()
+    compile_seconds = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    mb = memory_mb(memory) if memory is not None else float("nan")
+    state = {"p": params, "o": opt}
+
+    def one():
+        state["p"], state["o"], loss = compiled(state["p"], state["o"], x, y)
+        return loss
+
+    return compile_seconds, batch / timed(one, seconds), mb
+
+
+def memory_mb(memory) -> float:
+    total = (memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes)
+    return total / 2**20
+
+
+def bench_seeds(family: str, width: int, batch: int, seeds: int, seconds: float) -> dict[str, float]:
+    """Images/s over all seeds: one vmapped step, against one plain step per seed."""
+    step, states, x, y = jax_step(family, width, batch, seeds, together=True)
+    state = list(states[0])
+
+    def together():
+        state[0], state[1], loss = step(state[0], state[1], x, y)
+        return loss
+
+    plain, singles, _, _ = jax_step(family, width, batch, seeds)
+    singles = [list(s) for s in singles]
+
+    def one_by_one():
+        losses = []
+        for s in singles:
+            s[0], s[1], loss = plain(s[0], s[1], x, y)
+            losses.append(loss)
+        return losses
+
+    return {"together": seeds * batch / timed(together, seconds),
+            "one_by_one": seeds * batch / timed(one_by_one, seconds)}
+
+
+def bench_torch(family: str, width: int, batch: int, seconds: float) -> float | None:
+    """Images/s of the same architecture and optimizer in PyTorch (CPU), or None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    from whyconv.torch_models import build_torch_model
+
+    torch.manual_seed(0)
+    model = build_torch_model(family, width, FASHION)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(batch, 1, 28, 28)
+    y = torch.zeros(batch, dtype=torch.long)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    step()
+    calls, start = 0, time.perf_counter()
+    while calls < 5 or time.perf_counter() - start < seconds:
+        step()
+        calls += 1
+    return batch * calls / (time.perf_counter() - start)
+
+
+def run(seconds: float, batch: int, budgets: tuple[int, ...]) -> dict:
+    peak = matmul_peak()
+    print(f"float32 matmul peak: {peak:.0f} GFLOP/s", flush=True)
+    rows = []
+    for family in FAMILIES:
+        for budget in budgets:
+            match = solve_width(family, budget, FASHION)
+            compile_s, ips, mb = bench_jax(family, match.width, batch, seconds)
+            step_flops = train_flops(family, match.width, FASHION, batch)
+            gflops = step_flops * ips / batch / 1e9
+            torch_ips = bench_torch(family, match.width, batch, seconds)
+            row = Row(family, budget, match.width, match.params, round(compile_s, 2), round(ips),
+                      round(step_flops / 1e9, 4), round(gflops, 1), round(gflops / peak, 3), round(mb, 1),
+                      None if torch_ips is None else round(torch_ips),
+                      None if torch_ips is None else round(ips / torch_ips, 2))
+            print(row, flush=True)
+            rows.append(row)
+    seeds = {family: bench_seeds(family, solve_width(family, 100_000, FASHION).width, batch, 3, seconds)
+             for family in FAMILIES}
+    print("seeds at 100k:", seeds, flush=True)
+    return {"machine": {"processor": platform.processor() or platform.machine(),
+                        "devices": [str(d) for d in jax.devices()], "jax": jax.__version__},
+            "batch_size": batch, "matmul_peak_gflops": round(peak, 1),
+            "rows": [asdict(r) for r in rows],
+            "seeds_at_100k_images_per_second": {f: {k: round(v) for k, v in s.items()} for f, s in seeds.items()}}
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        "# whyconv benchmark",
+        "",
+        "Generated by `make bench` (`python -m whyconv.bench`); the figures are this machine's.",
+        "",
+        f"- Devices: {', '.join(result['machine']['devices'])}; JAX {result['machine']['jax']}; "
+        f"batch {result['batch_size']}, AdamW, float32.",
+        f"- float32 matmul peak: **{result['matmul_peak_gflops']:.0f} GFLOP/s** (the reference for "
+        "'share of peak').",
+        "- FLOPs are analytic: three forward passes per training step. An LCN does the same arithmetic",
+        "  as the CNN of the same width; sharing saves parameters, not FLOPs.",
+        "",
+        "| family | budget | width | parameters | compile s | images/s | GFLOP/step | GFLOP/s | share of peak "
+        "| XLA memory MB | PyTorch images/s | whyconv / PyTorch |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        torch_ips = "n/a" if r["torch_images_per_second"] is None else f"{r['torch_images_per_second']:,}"
+        ratio = "n/a" if r["speedup_vs_torch"] is None else f"{r['speedup_vs_torch']:.2f}x"
+        lines.append(
+            f"| {r['family'].upper()} | {r['budget']:,} | {r['width']} | {r['params']:,} | "
+            f"{r['compile_seconds']:.2f} | {r['images_per_second']:,} | {r['train_gflop_per_step']:.3f} | "
+            f"{r['gflops']:.1f} | {100 * r['share_of_peak']:.0f}% | {r['xla_memory_mb']:.0f} | {torch_ips} | {ratio} |")
+    lines += ["", "Seeds at the 100k budget, 3 seeds, images/s over all seeds:", "",
+              "| family | vmapped together | one after another |", "|---|---:|---:|"]
+    for family, s in result["seeds_at_100k_images_per_second"].items():
+        lines.append(f"| {family.upper()} | {s['together']:,} | {s['one_by_one']:,} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per configuration")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--out", type=Path, default=Path("reports"))
+    args = parser.parse_args()
+    result = run(args.seconds, args.batch_size, BUDGETS)
+    write_text(args.out / "benchmarks.json", json.dumps(result, indent=2) + "\n")
+    write_text(args.out / "benchmarks.md", markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
