@@ -7,7 +7,8 @@ import pandas as pd
 
 from whyconv import stage
 from whyconv.atomic import atomic_path, write_text
-from whyconv.config import load_params
+from whyconv.compute import forward_flops
+from whyconv.config import load_params, skeleton_for
 from whyconv.results import headline_metrics, read_curves, results_table, skeleton_table, summarize
 from whyconv.study import cell_dir, read_cell
 
@@ -24,6 +25,10 @@ def main() -> None:
     if missing:
         raise stage.StudyError(f"no results for {', '.join(missing)}. Fix: run `dvc repro` (it trains them).")
     results = results_table([record for c in cells for record in read_cell(*c)])
+    meta = json.loads(Path("data/prepared/meta.json").read_text())
+    skeleton = skeleton_for(params, meta["image_shape"], len(meta["class_names"]))
+    results.insert(results.columns.get_loc("params") + 1, "forward_flops",
+                   [forward_flops(f, w, skeleton) for f, w in zip(results["family"], results["width"])])
     summary = summarize(results[results["comparison"] == "budget"], ["family", "budget"])
     curves = pd.concat([
         read_curves(cell_dir(*c) / f"seed{seed}").assign(comparison=c[0], family=c[1], size=c[2], seed=seed)

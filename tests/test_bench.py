@@ -2,7 +2,8 @@
 
 import pytest
 
-from whyconv.bench import FASHION, bench_jax, forward_flops, markdown, train_flops
+from whyconv.bench import FASHION, bench_jax, markdown
+from whyconv.compute import forward_flops, train_flops
 from whyconv.capacity import param_count
 from whyconv.models import FAMILIES
 

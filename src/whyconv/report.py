@@ -213,6 +213,34 @@ def curves_figure(curves: pd.DataFrame, budget: int, path: Path) -> None:
     plt.close(fig)
 
 
+def compute_section(summary: pd.DataFrame, skeleton: pd.DataFrame) -> str:
+    """Parameters against arithmetic and measured speed: sharing saves the one, not the other."""
+    if "forward_flops" not in summary:
+        return "Not measured in this run."
+    table = pd.DataFrame({
+        "family": summary["family"].str.upper(),
+        "parameters": summary["params"].map("{:,}".format),
+        "forward MFLOPs per image": (summary["forward_flops"] / 1e6).map("{:.3f}".format),
+        "training images/s": summary["images_per_second"].map("{:,.0f}".format),
+        "test accuracy %": summary["test_acc_mean"].map(percent),
+    }).to_markdown(index=False)
+    lines = []
+    common = set.intersection(*(set(g["budget"]) for _, g in summary.groupby("family", observed=True)))
+    if common and {"mlp", "cnn"} <= set(summary["family"]):
+        budget = max(common)
+        at = summary[summary["budget"] == budget].set_index("family")
+        cnn, mlp = at.loc["cnn"], at.loc["mlp"]
+        lines.append(f"- At {budget:,} parameters the CNN does {cnn['forward_flops'] / mlp['forward_flops']:.0f}x "
+                     f"the arithmetic of the MLP per image ({cnn['forward_flops'] / 1e6:.2f} vs "
+                     f"{mlp['forward_flops'] / 1e6:.2f} MFLOPs): sharing lets a small parameter budget buy "
+                     f"a lot of computation.")
+    for row in skeleton.itertuples():
+        lines.append(f"- With {row.channels}/{2 * row.channels} channels, LCN and CNN do the same arithmetic; "
+                     f"the LCN stores {row.param_ratio:.0f}x the parameters.")
+    return "Forward FLOPs are analytic (multiply-adds x 2); images/s were measured while training.\n\n" + \
+        table + "\n\n" + "\n".join(lines)
+
+
 def families_table(setup: dict) -> str:
     k, depth = setup["model"]["kernel_size"], setup["model"]["depth"]
     rows = [
@@ -349,6 +377,10 @@ position, so it has many times the parameters; the accuracy difference is what t
 {skeleton_markdown(skeleton)}
 
 {chr(10).join(skeleton_sentence(r) for _, r in skeleton.iterrows())}
+
+## Compute, not only parameters
+
+{compute_section(summary, skeleton)}
 
 ## Training curves
 

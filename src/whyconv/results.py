@@ -46,6 +46,9 @@ def summarize(results: pd.DataFrame, by: list[str]) -> pd.DataFrame:
             mean, low, high = mean_interval(ok[metric].to_numpy())
             row.update({f"{metric}_mean": mean, f"{metric}_low": low, f"{metric}_high": high})
         row["train_seconds"] = float(group["train_seconds"].sum())
+        if "forward_flops" in group:
+            row["forward_flops"] = int(group["forward_flops"].iloc[0])
+            row["images_per_second"] = float(ok["images_per_second"].mean()) if len(ok) else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
 
