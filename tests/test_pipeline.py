@@ -19,8 +19,8 @@ from whyconv.capacity import Skeleton, param_count
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"  # what a person may want to look at after a run
-TRACKED = ["src", "pipelines", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/offline-plots.html", ".dvcignore",
-           "pyproject.toml"]
+TRACKED = ["src", "pipelines", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/offline-plots.html", ".dvc/plots",
+           ".dvcignore", "pyproject.toml"]
 
 
 def tiny_params(idx_dir: Path) -> dict:
