@@ -77,7 +77,7 @@ def test_report_files_are_self_contained(tmp_path):
     assert "![test accuracy against parameters](figures/accuracy_vs_params.png)" in report
     assert "code version `abc123`" in report and "## Limitations" in report
     page = (tmp_path / "index.html").read_text()
-    assert page.count("data:image/png;base64,") == 2 and 'src="figures/' not in page
+    assert page.count("data:image/png;base64,") == 3  # both figures and the connectivity diagram and 'src="figures/' not in page
     assert "<table>" in page and "MLP parameters" in page
 
 

@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import markdown  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 import yaml  # noqa: E402
@@ -241,6 +242,52 @@ def compute_section(summary: pd.DataFrame, skeleton: pd.DataFrame) -> str:
         table + "\n\n" + "\n".join(lines)
 
 
+def connectivity_figure(path: Path, kernel: int = 3, size: int = 8) -> None:
+    """What two first-layer units see, per family: which pixels, with which weights.
+
+    An illustration on an 8x8 image (weights drawn at random, colour = weight): the MLP's units
+    see every pixel with weights of their own; the LCN's see a k x k patch with weights of their
+    own; the CNN's see a k x k patch with the same weights. Blank pixels are not connected.
+    """
+    rng = np.random.default_rng(0)
+    units = [(1, 1), (4, 5)]  # top-left corner of each unit's patch
+    shared = rng.normal(size=(kernel, kernel))
+    panels = {}
+    for family in FAMILY_LABELS:
+        maps = []
+        for row, col in units:
+            weights = np.full((size, size), np.nan)
+            if family == "mlp":
+                weights = rng.normal(size=(size, size))
+            else:
+                patch = shared if family == "cnn" else rng.normal(size=(kernel, kernel))
+                weights[row:row + kernel, col:col + kernel] = patch
+            maps.append(weights)
+        panels[family] = maps
+    sns.set_theme(style="white", context="notebook")
+    fig, axes = plt.subplots(2, 3, figsize=(9, 6.2))
+    for column, (family, label) in enumerate(FAMILY_LABELS.items()):
+        for row, weights in enumerate(panels[family]):
+            ax = axes[row, column]
+            ax.imshow(weights, cmap="coolwarm", vmin=-2, vmax=2)
+            ax.set_xticks(np.arange(-0.5, size, 1), minor=True)
+            ax.set_yticks(np.arange(-0.5, size, 1), minor=True)
+            ax.grid(which="minor", color="#bbbbbb", linewidth=0.5)
+            ax.tick_params(which="both", bottom=False, left=False, labelbottom=False, labelleft=False)
+            for spine in ax.spines.values():
+                spine.set_edgecolor(FAMILY_COLORS[family])
+                spine.set_linewidth(2)
+            if row == 0:
+                ax.set_title(label, color=FAMILY_COLORS[family], fontsize=11)
+            if column == 0:
+                ax.set_ylabel(f"unit {row + 1}")
+    fig.suptitle("What two first-layer units see (colour: weight; blank: not connected)", fontsize=12)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
 def families_table(setup: dict) -> str:
     k, depth = setup["model"]["kernel_size"], setup["model"]["depth"]
     rows = [
@@ -302,6 +349,7 @@ def write_report(results: pd.DataFrame, summary: pd.DataFrame, skeleton: pd.Data
                  curves: pd.DataFrame, setup: dict, folder: Path) -> None:
     """reports/report.md, reports/index.html and the figures they show."""
     accuracy_vs_params_figure(summary, folder / "figures" / "accuracy_vs_params.png", setup["dataset"])
+    connectivity_figure(folder / "figures" / "connectivity.png", setup["model"]["kernel_size"])
     common = set.intersection(*(set(g["budget"]) for _, g in summary.groupby("family", observed=True)))
     curve_budget = int(max(common) if common else summary["budget"].max())
     curves_figure(curves, curve_budget, folder / "figures" / "training_curves.png")
@@ -325,6 +373,8 @@ small patch, not the whole image) and **weight sharing** (the same filter at eve
 This study trains three families at matched parameter counts and asks what each prior buys.
 
 {families_table(setup)}
+
+![what a first-layer unit sees in each family](figures/connectivity.png)
 
 ## Setup
 
