@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from whyconv.checkpoint import CheckpointStore
@@ -68,13 +70,30 @@ def normalize(images: jnp.ndarray, mean: float, std: float) -> jnp.ndarray:
     return (images.astype(jnp.float32) / 255.0 - mean) / std
 
 
+def batch_mesh() -> Mesh | None:
+    """A mesh over every local device along the batch axis (data parallelism); None for one device.
+
+    The same code then runs on one CPU, several GPUs or a TPU host: parameters and data are
+    replicated, each batch is split over the devices, and XLA averages the gradients.
+    """
+    devices = jax.devices()
+    return Mesh(np.array(devices), ("batch",)) if len(devices) > 1 else None
+
+
 @functools.cache  # one compilation per model, shared by its seeds
-def make_steps(model: nn.Module, mean: float, std: float) -> tuple[Callable, Callable]:
+def make_steps(model: nn.Module, mean: float, std: float, mesh: Mesh | None = None) -> tuple[Callable, Callable]:
     """The jitted train step and eval step of `model`.
 
     Both take the whole split as a device array and index it inside the step, so the host
-    does no per-step work beyond sending one row of indices.
+    does no per-step work beyond sending one row of indices. With a `mesh`, each gathered batch
+    is split over its devices.
     """
+
+    def gather(images, labels, batch_index):
+        x, y = images[batch_index], labels[batch_index]
+        if mesh is not None:
+            x, y = (jax.lax.with_sharding_constraint(a, NamedSharding(mesh, P("batch"))) for a in (x, y))
+        return x, y
 
     def loss_and_accuracy(params, images, labels, dropout_key=None):
         train = dropout_key is not None
@@ -86,7 +105,7 @@ def make_steps(model: nn.Module, mean: float, std: float) -> tuple[Callable, Cal
     def train_step(state: train_state.TrainState, images, labels, batch_index, dropout_key):
         def loss_fn(params):
             key = jax.random.fold_in(dropout_key, state.step)
-            losses, correct = loss_and_accuracy(params, images[batch_index], labels[batch_index], key)
+            losses, correct = loss_and_accuracy(params, *gather(images, labels, batch_index), key)
             return losses.mean(), correct.mean()
 
         (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -94,7 +113,7 @@ def make_steps(model: nn.Module, mean: float, std: float) -> tuple[Callable, Cal
 
     def eval_step(params, images, labels, batch_index, weight):
         """Summed loss and correct count over one padded batch (`weight` masks the padding)."""
-        losses, correct = loss_and_accuracy(params, images[batch_index], labels[batch_index])
+        losses, correct = loss_and_accuracy(params, *gather(images, labels, batch_index))
         return (losses * weight).sum(), (correct * weight).sum()
 
     return jax.jit(train_step, donate_argnums=0), jax.jit(eval_step)
@@ -162,13 +181,18 @@ def train_seed(
     With a `store`, the state is saved after every epoch and a matching checkpoint is resumed
     from. A non-finite training loss stops the seed and marks it diverged.
     """
-    train_images, train_labels = (jnp.asarray(a) for a in splits.arrays["train"])
-    val_images, val_labels = (jnp.asarray(a) for a in splits.arrays["val"])
+    mesh = batch_mesh()
+    if mesh is not None and (config.batch_size % mesh.size or config.eval_batch_size % mesh.size):
+        raise ValueError(f"batch sizes {config.batch_size} and {config.eval_batch_size} must be "
+                         f"multiples of the {mesh.size} devices the batch is split over")
+    replicate = (lambda tree: jax.device_put(tree, NamedSharding(mesh, P()))) if mesh else (lambda tree: tree)
+    train_images, train_labels = (replicate(jnp.asarray(a)) for a in splits.arrays["train"])
+    val_images, val_labels = (replicate(jnp.asarray(a)) for a in splits.arrays["val"])
     n = len(train_labels)
     steps = n // config.batch_size
     if steps == 0:
         raise ValueError(f"batch size {config.batch_size} is larger than the {n} training images")
-    train_step, eval_step = make_steps(model, splits.meta.mean, splits.meta.std)
+    train_step, eval_step = make_steps(model, splits.meta.mean, splits.meta.std, mesh)
     init_key, dropout_key = jax.random.split(jax.random.key(seed))
     state = train_state.TrainState.create(
         apply_fn=model.apply,
@@ -180,6 +204,7 @@ def train_seed(
     restored = store.load(seed, state) if store is not None else None
     if restored is not None:
         state, history, seconds = restored.state, restored.history, restored.seconds
+    state = replicate(state)
     result = SeedResult(seed=seed, status="ok", epochs=len(history), train_seconds=0.0, images_per_second=0.0)
     with tqdm(total=config.epochs * steps, initial=len(history) * steps, desc=f"{label} seed {seed}",
               unit="step", leave=False, mininterval=1.0) as progress:
@@ -200,7 +225,7 @@ def train_seed(
     result.epochs, result.history, result.train_seconds = len(history), history, seconds
     result.images_per_second = len(history) * steps * config.batch_size / seconds if seconds else 0.0
     if result.status == "ok":
-        test_images, test_labels = (jnp.asarray(a) for a in splits.arrays["test"])
+        test_images, test_labels = (replicate(jnp.asarray(a)) for a in splits.arrays["test"])
         result.val_loss, result.val_acc = history[-1]["val_loss"], history[-1]["val_acc"]
         result.test_loss, result.test_acc = evaluate(eval_step, state.params, test_images, test_labels,
                                                      config.eval_batch_size)
