@@ -214,6 +214,11 @@ def curves_figure(curves: pd.DataFrame, budget: int, path: Path) -> None:
     plt.close(fig)
 
 
+def common_budgets(summary: pd.DataFrame) -> set[int]:
+    """The budgets at which every family in the summary was trained."""
+    return set.intersection(*(set(g["budget"]) for _, g in summary.groupby("family", observed=True)))
+
+
 def compute_section(summary: pd.DataFrame, skeleton: pd.DataFrame) -> str:
     """Parameters against arithmetic and measured speed: sharing saves the one, not the other."""
     if "forward_flops" not in summary:
@@ -226,7 +231,7 @@ def compute_section(summary: pd.DataFrame, skeleton: pd.DataFrame) -> str:
         "test accuracy %": summary["test_acc_mean"].map(percent),
     }).to_markdown(index=False)
     lines = []
-    common = set.intersection(*(set(g["budget"]) for _, g in summary.groupby("family", observed=True)))
+    common = common_budgets(summary)
     if common and {"mlp", "cnn"} <= set(summary["family"]):
         budget = max(common)
         at = summary[summary["budget"] == budget].set_index("family")
@@ -350,7 +355,7 @@ def write_report(results: pd.DataFrame, summary: pd.DataFrame, skeleton: pd.Data
     """reports/report.md, reports/index.html and the figures they show."""
     accuracy_vs_params_figure(summary, folder / "figures" / "accuracy_vs_params.png", setup["dataset"])
     connectivity_figure(folder / "figures" / "connectivity.png", setup["model"]["kernel_size"])
-    common = set.intersection(*(set(g["budget"]) for _, g in summary.groupby("family", observed=True)))
+    common = common_budgets(summary)
     curve_budget = int(max(common) if common else summary["budget"].max())
     curves_figure(curves, curve_budget, folder / "figures" / "training_curves.png")
     best = summary.loc[summary.groupby("family", observed=True)["test_acc_mean"].idxmax()]
