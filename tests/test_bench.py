@@ -2,10 +2,9 @@
 
 import pytest
 
-from whyconv.bench import FASHION, bench_jax, markdown
+from whyconv.bench import BENCH_FAMILIES, FASHION, bench_jax, markdown
 from whyconv.compute import forward_flops, train_flops
 from whyconv.capacity import param_count
-from whyconv.models import FAMILIES
 
 
 def test_flops_follow_the_layers():
@@ -21,7 +20,7 @@ def test_jax_measurement_runs():
     assert compile_seconds > 0 and images_per_second > 0 and memory_mb > 0
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BENCH_FAMILIES)
 def test_torch_twins_have_the_same_parameter_count(family):
     torch = pytest.importorskip("torch", reason="PyTorch is the bench extra")
     from whyconv.torch_models import build_torch_model

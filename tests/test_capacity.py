@@ -36,7 +36,7 @@ def test_known_counts():
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("budget", [10_000, 100_000, 400_000])
+@pytest.mark.parametrize("budget", [25_000, 100_000, 400_000])
 def test_solver_lands_within_tolerance_and_picks_the_closest_width(family, budget):
     skeleton = Skeleton((28, 28, 1), 10)
     match = solve_width(family, budget, skeleton, tolerance=0.1)

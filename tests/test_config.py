@@ -38,8 +38,17 @@ def test_default_params_are_valid():
     ("train.seeds", [0, 0], "repeated: [0]"),
     ("study.budgets.cnn", [1000, 1000], "study.budgets.cnn = [1000, 1000]: .*repeated: [1000]"),
     ("study.budgets.rnn", [1000], "unknown key study.budgets.rnn"),
-    ("study.budgets.lcn", [3000], "study.budgets.lcn contains 3000: budget 3,000 is below the minimum of family 'lcn'"),
-    ("study.budgets.lcn", [30000], "no width of family 'lcn' lands within 10% of budget 30,000"),
+    ("study.budgets.lcn", [3000, 25000], "study.budgets.lcn contains 3000: budget 3,000 is below the minimum of family 'lcn'"),
+    ("study.budgets.lcn", [25000, 30000], "no width of family 'lcn' lands within 10% of budget 30,000"),
+    ("study.budgets.gconv", [4000, 25000], "no width of family 'gconv' lands within 10% of budget 4,000"),
+    ("controls.matched_budget", 10000, "controls.matched_budget=10000 must be one of the budgets of every trained family; add it to study.budgets.gconv"),
+    ("study.budgets.gconv", [], "controls.permutation.families lists gconv, which has no budgets"),
+    ("controls.permutation.families", ["mlp", "rnn"], "controls.permutation.families.1 = 'rnn': Input should be 'mlp', 'lcn', 'gconv', 'cnn' or 'cnn_gap'"),
+    ("controls.subsets.families", ["cnn", "cnn"], "repeated: ['cnn']"),
+    ("controls.subsets.sizes", [1000, 55000], "controls.subsets.sizes contains 55000: a subset must hold at least one batch"),
+    ("controls.subsets.sizes", [100], "controls.subsets.sizes contains 100"),
+    ("controls.max_shift", 20, "controls.max_shift = 20: Input should be less than or equal to 14"),
+    ("train.augment_shift", -1, "train.augment_shift = -1: Input should be greater than or equal to 0"),
     ("data.dataset", "Fashion MNIST!", "data.dataset = 'Fashion MNIST!': String should match pattern"),
     ("data.val_size", 60000, "data.val_size=60000 must be smaller than the 60000 training images"),
     ("data.train_size", 59000, "data.train_size=59000 is more than the 55000 training images"),
@@ -50,6 +59,15 @@ def test_default_params_are_valid():
 def test_each_mistake_gets_a_clear_message(path, value, message):
     with pytest.raises(ParamsError, match=message.replace("[", r"\[").replace("]", r"\]").replace(". D", r"\. D")):
         parse(with_change(path, value))
+
+
+def test_every_control_can_be_switched_off():
+    raw = with_change("controls.permutation.families", [])
+    raw["controls"]["subsets"]["sizes"] = []
+    raw["study"]["budgets"]["cnn_gap"] = []
+    raw["study"]["skeleton_channels"] = []
+    params = parse(raw)
+    assert not params.controls.permutation.families and ("cnn_gap", 25000) not in params.cells()
 
 
 def test_missing_key_and_bad_yaml(tmp_path):

@@ -1,4 +1,4 @@
-"""The fast locally connected layer against Flax's reference, and the sharing switch."""
+"""The fast locally connected layer and the FFT circular convolution against references; the two switches."""
 
 import dataclasses
 
@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from whyconv.models import LocallyConnected, SpatialNet, build_model
+from whyconv.models import CircularConv, LocallyConnected, SpatialNet, build_model
 
 
 @pytest.mark.parametrize("shape, features, kernel, stride", [
@@ -28,11 +28,50 @@ def test_locally_connected_equals_flax_conv_local(shape, features, kernel, strid
     assert jax.tree.map(np.shape, fast.init(jax.random.key(1), x)) == jax.tree.map(np.shape, params)
 
 
-def test_shared_switch_is_the_only_difference_between_lcn_and_cnn():
-    lcn, cnn = build_model("lcn", 4, 10), build_model("cnn", 4, 10)
-    assert isinstance(lcn, SpatialNet) and isinstance(cnn, SpatialNet)
-    assert (lcn.shared, cnn.shared) == (False, True)
+def direct_circular_conv(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, stride: int) -> np.ndarray:
+    """The definition, term by term: out[p, q] = sum_ij x[(p - i) mod H, (q - j) mod W] k[i, j]."""
+    _, height, width, _ = x.shape
+    out = np.zeros((x.shape[0], height, width, kernel.shape[-1]))
+    for i in range(height):
+        for j in range(width):
+            rolled = np.roll(x, (i, j), axis=(1, 2))  # rolled[p, q] = x[p - i, q - j]
+            out += np.einsum("bhwc,co->bhwo", rolled, kernel[i, j])
+    return out[:, ::stride, ::stride] + bias
+
+
+@pytest.mark.parametrize("shape, features, stride", [((2, 28, 28, 1), 3, 2), ((2, 7, 9, 3), 2, 1), ((1, 7, 7, 2), 4, 2)])
+def test_circular_conv_equals_direct_circular_convolution(shape, features, stride):
+    x = np.asarray(jax.random.normal(jax.random.key(0), shape), np.float64)
+    layer = CircularConv(features, stride)
+    params = layer.init(jax.random.key(1), x)
+    params = jax.tree.map(lambda p: jax.random.normal(jax.random.key(2), p.shape), params)
+    expected = direct_circular_conv(x, np.asarray(params["params"]["kernel"], np.float64),
+                                    np.asarray(params["params"]["bias"], np.float64), stride)
+    np.testing.assert_allclose(layer.apply(params, x.astype(np.float32)), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_two_switches_make_the_spatial_families():
+    lcn, gconv, cnn = (build_model(f, 4, 10) for f in ("lcn", "gconv", "cnn"))
+    assert all(isinstance(m, SpatialNet) for m in (lcn, gconv, cnn))
+    assert [(m.local, m.shared) for m in (lcn, gconv, cnn)] == [(True, False), (False, True), (True, True)]
     assert dataclasses.replace(lcn, shared=True) == cnn
+    assert dataclasses.replace(gconv, local=True) == cnn
+    assert dataclasses.replace(cnn, pool=True) == build_model("cnn_gap", 4, 10)
+    with pytest.raises(ValueError, match="MLP"):
+        dataclasses.replace(cnn, local=False, shared=False).init(jax.random.key(0), np.zeros((1, 8, 8, 1)))
+
+
+def test_pooled_cnn_is_invariant_to_circular_shifts_and_gconv_equivariant():
+    """Global average pooling after shared layers ignores where things are (circular shifts, stride 1)."""
+    x = np.asarray(jax.random.normal(jax.random.key(0), (1, 12, 12, 1)))
+    shifted = np.roll(x, (3, 5), axis=(1, 2))
+    layer = CircularConv(2, 1)
+    params = layer.init(jax.random.key(1), x)
+    np.testing.assert_allclose(np.roll(layer.apply(params, x), (3, 5), axis=(1, 2)),
+                               layer.apply(params, shifted), atol=1e-5)
+    gconv_pool = SpatialNet(2, 3, local=False, shared=True, pool=True, stride=1)
+    params = gconv_pool.init(jax.random.key(1), x)
+    np.testing.assert_allclose(gconv_pool.apply(params, x), gconv_pool.apply(params, shifted), atol=1e-5)
 
 
 def test_cnn_is_translation_equivariant_and_lcn_is_not():

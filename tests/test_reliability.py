@@ -56,7 +56,7 @@ def test_killed_training_resumes_to_bit_identical_results(tmp_path):
     assert train_process(reference).wait() == 0
 
     work = make_workdir(tmp_path / "killed")
-    checkpoint = work / "runs/checkpoints/budget-cnn-10000/seed0.msgpack"
+    checkpoint = work / "checkpoints/budget-cnn-10000/seed0.msgpack"
     process = train_process(work)
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:

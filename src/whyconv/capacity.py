@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from whyconv.models import FAMILIES
+from whyconv.models import FAMILIES, SPATIAL
 
 
 @dataclass(frozen=True)
@@ -41,17 +41,21 @@ def param_count(family: str, width: int, skeleton: Skeleton) -> int:
         first = (h * w * c) * width + width
         hidden = (skeleton.depth - 1) * (width * width + width)
         return first + hidden + width * classes + classes
-    if family not in ("lcn", "cnn"):
+    if family not in SPATIAL:
         raise ValueError(f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")
+    local, shared, pool = SPATIAL[family]
     k2 = skeleton.kernel_size**2
-    total, in_channels = 0, c
+    total, in_channels, in_h, in_w = 0, c, h, w
     for layer, (out_h, out_w) in enumerate(spatial_sizes(skeleton)):
         out_channels = width * 2**layer
-        per_position = k2 * in_channels * out_channels + out_channels
-        total += per_position if family == "cnn" else out_h * out_w * per_position
-        in_channels = out_channels
-    out_h, out_w = spatial_sizes(skeleton)[-1]
-    return total + out_h * out_w * in_channels * classes + classes
+        if local:
+            weights = k2 * in_channels * out_channels
+            total += weights + out_channels if shared else out_h * out_w * (weights + out_channels)
+        else:  # one image-sized filter per channel pair, one bias per channel
+            total += in_h * in_w * in_channels * out_channels + out_channels
+        in_channels, in_h, in_w = out_channels, out_h, out_w
+    features = in_channels if pool else in_h * in_w * in_channels
+    return total + features * classes + classes
 
 
 class BudgetError(ValueError):

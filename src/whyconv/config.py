@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from whyconv.capacity import BudgetError, Skeleton, solve_width
+from whyconv.models import FAMILIES
 
 IDX_TRAIN_SIZES = {"fashion_mnist": 60000, "mnist": 60000}  # known before preparing
 
 Positive = Annotated[int, Field(gt=0)]
+Family = Literal[FAMILIES]
 
 
 class ParamsError(ValueError):
@@ -52,6 +54,7 @@ class TrainParams(Strict):
     learning_rate: Annotated[float, Field(gt=0, strict=False)]
     weight_decay: Annotated[float, Field(ge=0, strict=False)]
     warmup_epochs: Annotated[float, Field(ge=0, strict=False)]
+    augment_shift: Annotated[int, Field(ge=0, le=8)] = 0
     seeds: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
 
     @field_validator("seeds")
@@ -68,11 +71,15 @@ def _no_duplicates(values: list[int]) -> list[int]:
 
 
 class Budgets(Strict):
-    mlp: list[Positive] = Field(min_length=1)
-    lcn: list[Positive] = Field(min_length=1)
-    cnn: list[Positive] = Field(min_length=1)
+    """Parameter budgets per family; an empty list leaves the family out."""
 
-    @field_validator("mlp", "lcn", "cnn")
+    mlp: list[Positive]
+    lcn: list[Positive]
+    gconv: list[Positive]
+    cnn: list[Positive]
+    cnn_gap: list[Positive]
+
+    @field_validator(*FAMILIES)
     @classmethod
     def no_duplicates(cls, budgets: list[int]) -> list[int]:
         return _no_duplicates(budgets)
@@ -81,7 +88,37 @@ class Budgets(Strict):
 class StudyParams(Strict):
     tolerance: Annotated[float, Field(gt=0, lt=1, strict=False)]
     budgets: Budgets
-    skeleton_channels: list[Positive] = Field(min_length=1)
+    skeleton_channels: list[Positive]
+
+
+class Permutation(Strict):
+    families: list[Family]
+    seed: Annotated[int, Field(ge=0)]
+
+
+class Subsets(Strict):
+    families: list[Family]
+    sizes: list[Positive]
+    min_steps: Annotated[int, Field(ge=0)]
+
+    @field_validator("sizes")
+    @classmethod
+    def no_duplicates(cls, sizes: list[int]) -> list[int]:
+        return _no_duplicates(sizes)
+
+
+class ControlsParams(Strict):
+    matched_budget: Positive
+    permutation: Permutation
+    subsets: Subsets
+    max_shift: Annotated[int, Field(ge=0, le=14)]
+    weights: bool
+
+    @field_validator("permutation", "subsets")
+    @classmethod
+    def no_repeated_family(cls, value: Permutation | Subsets) -> Permutation | Subsets:
+        _no_duplicates(value.families)
+        return value
 
 
 class Params(Strict):
@@ -89,6 +126,25 @@ class Params(Strict):
     model: ModelParams
     train: TrainParams
     study: StudyParams
+    controls: ControlsParams
+
+    @model_validator(mode="after")
+    def controls_at_a_trained_budget(self) -> Params:
+        """The controls compare against the main runs at the matched budget, so those must exist."""
+        budget = self.controls.matched_budget
+        budgets = self.study.budgets.model_dump()
+        if not any(budgets.values()):
+            raise ValueError("study.budgets lists no budget for any family: nothing to train")
+        missing = [f for f, listed in budgets.items() if listed and budget not in listed]
+        if missing:
+            raise ValueError(f"controls.matched_budget={budget} must be one of the budgets of every "
+                             f"trained family; add it to study.budgets.{missing[0]}")
+        for name in ("permutation", "subsets"):
+            untrained = [f for f in getattr(self.controls, name).families if not budgets[f]]
+            if untrained:
+                raise ValueError(f"controls.{name}.families lists {untrained[0]}, which has no "
+                                 f"budgets in study.budgets: add controls.matched_budget there")
+        return self
 
     @model_validator(mode="after")
     def sizes_fit_the_data(self) -> Params:
@@ -106,10 +162,15 @@ class Params(Strict):
         if self.train.batch_size > train_size:
             raise ValueError(f"train.batch_size={self.train.batch_size} is larger than the "
                              f"training set ({train_size} images)")
+        for size in self.controls.subsets.sizes:
+            if not self.train.batch_size <= size < train_size:
+                raise ValueError(f"controls.subsets.sizes contains {size}: a subset must hold at least one "
+                                 f"batch ({self.train.batch_size}) and fewer than the {train_size} "
+                                 f"training images (the full set is the main run)")
         return self
 
     def cells(self) -> list[tuple[str, int]]:
-        """(family, budget) of every matched-budget training cell."""
+        """(family, budget) of every matched-budget training cell of the main sweep."""
         return [(family, budget) for family, budgets in self.study.budgets.model_dump().items()
                 for budget in budgets]
 
@@ -161,7 +222,7 @@ def describe(error: ValidationError) -> str:
 
 def parse(raw: Any) -> Params:
     if not isinstance(raw, dict):
-        raise ParamsError("invalid params.yaml: expected a mapping of groups (data, model, train, study)")
+        raise ParamsError("invalid params.yaml: expected a mapping of groups (data, model, train, study, controls)")
     try:
         params = Params.model_validate(raw)
     except ValidationError as err:

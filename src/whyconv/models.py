@@ -1,13 +1,18 @@
 """The model families of the study.
 
-Two priors, two switches. An MLP has neither. The spatial network (`SpatialNet`) is always
-*local* (each unit sees a k x k patch); its `shared` field says whether the filter is the same
-at every position (a CNN) or learned separately for each one (a locally connected net, LCN).
-LCN and CNN are therefore one skeleton, exactly as Flax's ImageNet example builds its
-`ResNetLocal` with `conv=nn.ConvLocal`.
+Two priors, two switches. The spatial network (`SpatialNet`) has both as fields: `local`
+(each unit sees a k x k patch, or the whole input) and `shared` (the same filter at every
+position, or one learned per position). That makes a 2 x 2 factorial:
 
-The skeleton: `depth` spatial layers with channels (c, 2c, 4c, ...), each k x k with stride s,
-ReLU, then one dense classifier. The MLP has `depth` hidden layers of width h.
+    local, shared        CNN     nn.Conv
+    local, not shared    LCN     LocallyConnected (as Flax's `nn.ConvLocal`)
+    global, shared       GConv   CircularConv: one image-sized filter, applied circularly
+    global, not shared   MLP     (a dense layer; built as `MLP`, on the flattened image)
+
+The skeleton: `depth` spatial layers with channels (c, 2c, 4c, ...), each with stride s, ReLU,
+then one dense classifier, or, with `pool=True` (family "cnn_gap"), a global average pool
+before it: pooling, not sharing alone, is what makes a CNN's output shift-invariant. The MLP has
+`depth` hidden layers of width h.
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-FAMILIES = ("mlp", "lcn", "cnn")
+FAMILIES = ("mlp", "lcn", "gconv", "cnn", "cnn_gap")
+# (local, shared, pool) of each spatial family.
+SPATIAL = {"lcn": (True, False, False), "gconv": (False, True, False), "cnn": (True, True, False),
+           "cnn_gap": (True, True, True)}
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -63,27 +71,56 @@ class LocallyConnected(nn.Module):
         return jnp.einsum("bhwi,hwio->bhwo", patches, kernel) + bias
 
 
+class CircularConv(nn.Module):
+    """Shared but not local: one filter as large as the input, applied as a circular convolution.
+
+    out[p, q, o] = sum over i, j, c of x[(p - i) mod H, (q - j) mod W, c] * kernel[i, j, c, o],
+    then every `stride`-th row and column. Computed through the FFT (a product per frequency),
+    which costs O(HW log HW) per channel instead of the direct O((HW)^2).
+    kernel: (H, W, in, out), bias: (out,).
+    """
+
+    features: int
+    stride: int = 2
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        _, height, width, in_features = x.shape
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (height, width, in_features, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        spectrum = jnp.einsum("bhwi,hwio->bhwo", jnp.fft.rfft2(x, axes=(1, 2)), jnp.fft.rfft2(kernel, axes=(0, 1)))
+        y = jnp.fft.irfft2(spectrum, s=(height, width), axes=(1, 2))
+        return y[:, :: self.stride, :: self.stride] + bias
+
+
 class SpatialNet(nn.Module):
-    """Local layers then a dense classifier; `shared=True` is a CNN, `shared=False` an LCN."""
+    """Spatial layers then a classifier; `local` and `shared` are the two priors (see above)."""
 
     channels: int
     num_classes: int
-    shared: bool
+    local: bool = True
+    shared: bool = True
+    pool: bool = False
     depth: int = 2
     kernel_size: int = 3
     stride: int = 2
     dropout: float = 0.0
 
+    def layer(self, features: int) -> nn.Module:
+        if not self.local:
+            if not self.shared:
+                raise ValueError("neither local nor shared is the MLP: build it with MLP")
+            return CircularConv(features, self.stride)
+        if self.shared:
+            return nn.Conv(features, (self.kernel_size,) * 2, strides=self.stride, padding="SAME")
+        return LocallyConnected(features, self.kernel_size, self.stride)
+
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        for layer in range(self.depth):
-            features = self.channels * 2**layer
-            if self.shared:
-                x = nn.Conv(features, (self.kernel_size,) * 2, strides=self.stride, padding="SAME")(x)
-            else:
-                x = LocallyConnected(features, self.kernel_size, self.stride)(x)
-            x = nn.relu(x)
-        x = nn.Dropout(self.dropout, deterministic=not train)(x.reshape(x.shape[0], -1))
+        for depth in range(self.depth):
+            x = nn.relu(self.layer(self.channels * 2**depth)(x))
+        x = x.mean(axis=(1, 2)) if self.pool else x.reshape(x.shape[0], -1)
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return nn.Dense(self.num_classes)(x)
 
 
@@ -114,8 +151,9 @@ def build_model(
     """
     if family == "mlp":
         return MLP(width, num_classes, depth, dropout)
-    if family in ("lcn", "cnn"):
-        return SpatialNet(width, num_classes, shared=family == "cnn", depth=depth,
+    if family in SPATIAL:
+        local, shared, pool = SPATIAL[family]
+        return SpatialNet(width, num_classes, local, shared, pool, depth=depth,
                           kernel_size=kernel_size, stride=stride, dropout=dropout)
     raise ValueError(f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")
 

@@ -6,6 +6,7 @@ import psutil
 
 from whyconv.capacity import Skeleton, param_count, spatial_sizes
 from whyconv.data import Splits
+from whyconv.models import SPATIAL
 from whyconv.stage import StudyError
 
 FLOAT = 4  # bytes per float32
@@ -17,12 +18,16 @@ def activation_floats(family: str, width: int, skeleton: Skeleton) -> int:
     h, w, c = skeleton.image_shape
     if family == "mlp":
         return h * w * c + 2 * skeleton.depth * width + skeleton.num_classes
-    total, in_channels = h * w * c, c
+    local = SPATIAL[family][0]
+    total, in_channels, in_h, in_w = h * w * c, c, h, w
     for layer, (out_h, out_w) in enumerate(spatial_sizes(skeleton)):
         out_channels = width * 2**layer
-        patches = out_h * out_w * skeleton.kernel_size**2 * in_channels
-        total += patches + 2 * out_h * out_w * out_channels  # patches, pre- and post-ReLU
-        in_channels = out_channels
+        if local:  # patches
+            total += out_h * out_w * skeleton.kernel_size**2 * in_channels
+        else:  # complex spectra of the input and of the product, the full-size output
+            total += 2 * in_h * in_w * in_channels + 3 * in_h * in_w * out_channels
+        total += 2 * out_h * out_w * out_channels  # pre- and post-ReLU
+        in_channels, in_h, in_w = out_channels, out_h, out_w
     return total + skeleton.num_classes
 
 

@@ -12,11 +12,13 @@ loop body run 10-20x slower on XLA CPU (jax-ml/jax#12868).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -29,6 +31,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from whyconv.checkpoint import CheckpointStore
+from whyconv.controls import random_shifts
 from whyconv.data import Splits
 
 
@@ -39,6 +42,7 @@ class TrainConfig:
     learning_rate: float
     weight_decay: float
     warmup_epochs: float
+    augment_shift: int = 0  # random shift of each training image, in pixels (0: none)
     eval_batch_size: int = 1000
 
 
@@ -55,6 +59,11 @@ class SeedResult:
     test_loss: float = math.nan
     diverged_epoch: int | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    params: Any = field(default=None, repr=False)  # the trained parameters (None if diverged)
+
+    def record(self) -> dict:
+        """The seed's numbers, without its curves and parameters (those are written apart)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("history", "params")}
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -81,12 +90,14 @@ def batch_mesh() -> Mesh | None:
 
 
 @functools.cache  # one compilation per model, shared by its seeds
-def make_steps(model: nn.Module, mean: float, std: float, mesh: Mesh | None = None) -> tuple[Callable, Callable]:
+def make_steps(model: nn.Module, mean: float, std: float, mesh: Mesh | None = None,
+               augment_shift: int = 0) -> tuple[Callable, Callable]:
     """The jitted train step and eval step of `model`.
 
     Both take the whole split as a device array and index it inside the step, so the host
     does no per-step work beyond sending one row of indices. With a `mesh`, each gathered batch
-    is split over its devices.
+    is split over its devices. With `augment_shift`, each training image is shifted at random
+    by up to that many pixels (zero fill) inside the step.
     """
 
     def gather(images, labels, batch_index):
@@ -105,7 +116,11 @@ def make_steps(model: nn.Module, mean: float, std: float, mesh: Mesh | None = No
     def train_step(state: train_state.TrainState, images, labels, batch_index, dropout_key):
         def loss_fn(params):
             key = jax.random.fold_in(dropout_key, state.step)
-            losses, correct = loss_and_accuracy(params, *gather(images, labels, batch_index), key)
+            x, y = gather(images, labels, batch_index)
+            if augment_shift:
+                key, shift_key = jax.random.split(key)
+                x = random_shifts(x, shift_key, augment_shift)
+            losses, correct = loss_and_accuracy(params, x, y, key)
             return losses.mean(), correct.mean()
 
         (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -192,7 +207,7 @@ def train_seed(
     steps = n // config.batch_size
     if steps == 0:
         raise ValueError(f"batch size {config.batch_size} is larger than the {n} training images")
-    train_step, eval_step = make_steps(model, splits.meta.mean, splits.meta.std, mesh)
+    train_step, eval_step = make_steps(model, splits.meta.mean, splits.meta.std, mesh, config.augment_shift)
     init_key, dropout_key = jax.random.split(jax.random.key(seed))
     state = train_state.TrainState.create(
         apply_fn=model.apply,
@@ -229,4 +244,5 @@ def train_seed(
         result.val_loss, result.val_acc = history[-1]["val_loss"], history[-1]["val_acc"]
         result.test_loss, result.test_acc = evaluate(eval_step, state.params, test_images, test_labels,
                                                      config.eval_batch_size)
+        result.params = jax.device_get(state.params)
     return result
