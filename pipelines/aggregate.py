@@ -1,4 +1,4 @@
-"""Stage `aggregate`: every cell's records -> results, summary, skeleton and curves tables, metrics.json."""
+"""Stage `aggregate`: every cell's records -> the study's tables (reports/*.csv) and metrics.json."""
 
 import json
 from pathlib import Path
@@ -8,19 +8,27 @@ import pandas as pd
 from whyconv import stage
 from whyconv.atomic import atomic_path, write_text
 from whyconv.compute import forward_flops
-from whyconv.config import load_params, skeleton_for
-from whyconv.results import headline_metrics, read_curves, results_table, skeleton_table, summarize
+from whyconv.config import Params, load_params, skeleton_for
+from whyconv.results import (factorial_table, headline_metrics, permutation_table, read_curves, results_table,
+                             skeleton_table, subsets_table, summarize)
 from whyconv.study import cell_dir, read_cell
 
 REPORTS = Path("reports")
 
 
+def requested_cells(params: Params) -> list[tuple[str, str, int]]:
+    """(comparison, family, size) of every cell params.yaml asks for now (results of removed cells are ignored)."""
+    budget = params.controls.matched_budget
+    return ([("budget", family, b) for family, b in params.cells()]
+            + [("skeleton", family, c) for family in ("lcn", "cnn") for c in params.study.skeleton_channels]
+            + [("permuted", family, budget) for family in params.controls.permutation.families]
+            + [("subset", family, size) for family in params.controls.subsets.families
+               for size in params.controls.subsets.sizes])
+
+
 def main() -> None:
     params = load_params()
-    # Only the cells params.yaml asks for now: results of removed budgets are ignored.
-    cells = [("budget", family, budget) for family, budget in params.cells()]
-    cells += [("skeleton", family, channels) for family in ("lcn", "cnn")
-              for channels in params.study.skeleton_channels]
+    cells = requested_cells(params)
     missing = [str(cell_dir(*c)) for c in cells if not (cell_dir(*c) / "result.json").is_file()]
     if missing:
         raise stage.StudyError(f"no results for {', '.join(missing)}. Fix: run `dvc repro` (it trains them).")
@@ -33,8 +41,10 @@ def main() -> None:
     curves = pd.concat([
         read_curves(cell_dir(*c) / f"seed{seed}").assign(comparison=c[0], family=c[1], size=c[2], seed=seed)
         for c in cells for seed in params.train.seeds])
+    budget = params.controls.matched_budget
     tables = [("results", results), ("summary", summary), ("skeleton", skeleton_table(results)),
-              ("curves", curves)]
+              ("factorial", factorial_table(results, budget)), ("permutation", permutation_table(results, budget)),
+              ("subsets", subsets_table(results, budget)), ("curves", curves)]
     for name, table in tables:
         with atomic_path(REPORTS / f"{name}.csv") as tmp:
             table.to_csv(tmp, index=False, float_format="%.6g")

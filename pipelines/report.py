@@ -12,6 +12,7 @@ from whyconv.config import load_params
 from whyconv.report import write_report
 
 REPORTS = Path("reports")
+TABLES = ("results", "summary", "skeleton", "curves", "factorial", "permutation", "subsets", "shift", "weights")
 
 
 def code_version() -> str:
@@ -32,8 +33,8 @@ def main() -> None:
     setup = {"dataset": meta["dataset"], "sizes": meta["sizes"], "dropout": params.model.dropout,
              "model": params.model.model_dump(), "version": code_version(),
              "params": yaml.safe_load(Path("params.yaml").read_text()), **params.train.model_dump()}
-    tables = [pd.read_csv(REPORTS / f"{name}.csv") for name in ("results", "summary", "skeleton", "curves")]
-    write_report(*tables, setup, REPORTS)
+    tables = {name: pd.read_csv(REPORTS / f"{name}.csv") for name in TABLES}
+    write_report(tables, setup, REPORTS)
     print(f"wrote {REPORTS / 'report.md'} and {REPORTS / 'index.html'}")
 
 

@@ -47,6 +47,9 @@ def test_prepare_builds_the_tfds_dataset_from_idx_files(tmp_path, idx_dir):
     np.testing.assert_array_equal(splits.arrays["val"][0][..., 0], train_images[order[:100]])
     np.testing.assert_array_equal(splits.arrays["train"][1], train_labels[order[100:]])
     assert splits.meta.mean == pytest.approx(train_images[order[100:]].mean() / 255, abs=1e-6)
+    # Preparing again over the built TFDS set (a changed params.yaml) rebuilds it.
+    again = data.prepare("fashion_mnist", tmp_path / "tfds", val_size=200, split_seed=0, idx_dir=str(idx_dir), verify=False)
+    assert again.meta.sizes == {"train": 800, "val": 200, "test": 200}
 
 
 def test_prepared_arrays_survive_save_and_load(tmp_path, idx_dir):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -27,8 +28,13 @@ def tiny_params(idx_dir: Path) -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"].update(idx_dir=str(idx_dir), val_size=200, tfds_dir="data/tfds", verify_checksums=False)
     params["train"].update(epochs=2, seeds=[0, 1], batch_size=64)
-    params["study"]["budgets"] = {"mlp": [4000, 10000], "lcn": [4000], "cnn": [4000]}
+    # 9,000 parameters is a budget every family can meet within 10%: the matched budget.
+    params["study"]["budgets"] = {"mlp": [4000, 9000], "lcn": [9000], "gconv": [9000], "cnn": [4000, 9000],
+                                  "cnn_gap": [9000]}
     params["study"]["skeleton_channels"] = [2]
+    params["controls"].update(matched_budget=9000, max_shift=2, weights=True,
+                              permutation={"families": ["mlp", "cnn"], "seed": 0},
+                              subsets={"families": ["mlp", "cnn"], "sizes": [300], "min_steps": 20})
     return params
 
 
@@ -68,14 +74,15 @@ def dvc(repo: Path, *args: str) -> str:
 @pytest.mark.slow
 def test_repro_produces_every_declared_output_with_sane_values(study):
     results = pd.read_csv(study / "reports/results.csv")
-    # 4 matched-budget cells + 2 skeleton cells, 2 seeds each.
-    assert len(results) == 12
-    assert set(results["family"]) == {"mlp", "lcn", "cnn"}
+    # 7 matched-budget cells + 2 skeleton + 2 permuted + 2 subset cells, 2 seeds each.
+    assert len(results) == 26
+    assert set(results["family"]) == {"mlp", "lcn", "gconv", "cnn", "cnn_gap"}
+    assert results.groupby("comparison").size().to_dict() == {"budget": 14, "permuted": 4, "skeleton": 4, "subset": 4}
     assert (results["status"] == "ok").all()
     assert results["test_acc"].between(0.2, 1.0).all()  # above chance (0.1): the synthetic classes are easy
     assert (abs(results["params"] / results["budget"] - 1) <= 0.1).where(results["comparison"] == "budget", True).all()
     summary = pd.read_csv(study / "reports/summary.csv")
-    assert len(summary) == 4 and (summary["seeds"] == 2).all()
+    assert len(summary) == 7 and (summary["seeds"] == 2).all()
     assert (summary["test_acc_low"] <= summary["test_acc_mean"]).all()
     assert (summary["test_acc_mean"] <= summary["test_acc_high"]).all()
     skeleton = pd.read_csv(study / "reports/skeleton.csv")
@@ -83,11 +90,38 @@ def test_repro_produces_every_declared_output_with_sane_values(study):
     expected = param_count("lcn", 2, fashion) / param_count("cnn", 2, fashion)
     assert skeleton["param_ratio"].iloc[0] == pytest.approx(expected, rel=1e-5)
     metrics = json.loads((study / "reports/metrics.json").read_text())
-    assert set(metrics) == {"mlp", "lcn", "cnn"}
+    assert set(metrics) == {"mlp", "lcn", "gconv", "cnn", "cnn_gap"}
     report = (study / "reports/report.md").read_text()
     assert "figures/accuracy_vs_params.png" in report and "| MLP" in report
-    png = (study / "reports/figures/accuracy_vs_params.png").read_bytes()
-    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    for figure in ("accuracy_vs_params", "permutation", "shift", "subsets", "first_layer", "training_curves"):
+        png = (study / f"reports/figures/{figure}.png").read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 10_000, figure
+
+
+@pytest.mark.slow
+def test_controls_produce_their_tables(study):
+    factorial = pd.read_csv(study / "reports/factorial.csv").set_index("term")
+    assert list(factorial.index) == ["mlp", "lcn", "gconv", "cnn", "locality", "sharing", "interaction"]
+    cells = factorial["estimate"]
+    assert factorial.loc["interaction", "estimate"] == pytest.approx(
+        (cells["cnn"] - cells["gconv"]) - (cells["lcn"] - cells["mlp"]), abs=1e-5)
+    permutation = pd.read_csv(study / "reports/permutation.csv")
+    assert sorted(permutation["family"]) == ["cnn", "mlp"] and (permutation["seeds"] == 2).all()
+    subsets = pd.read_csv(study / "reports/subsets.csv")
+    assert sorted(zip(subsets["family"], subsets["train_size"])) == [("cnn", 300), ("cnn", 1000), ("mlp", 300), ("mlp", 1000)]
+    assert (subsets.query("train_size == 300")["epochs"] == 5).all()  # 20 steps of 64 images: 4 per epoch
+    shift = pd.read_csv(study / "reports/shift.csv")
+    assert len(shift) == 5 * 2 * 3 and shift["test_acc"].between(0, 1).all()
+    weights = pd.read_csv(study / "reports/weights.csv")
+    assert len(weights) == 5 * 2 * 2
+    trained = weights[weights["weights"] == "trained"].set_index(["family", "seed"])
+    assert np.allclose(trained.loc["cnn", ["locality", "sharing"]], 1.0)
+    assert trained.loc["mlp", "sharing"].isna().all() and (trained.loc["mlp", "locality"] < 0.5).all()
+    assert (study / "runs/budget/gconv-9000/seed1/params.msgpack").is_file()
+    report = (study / "reports/report.md").read_text()
+    for section in ("## Sharing without locality: the 2x2", "## Control: permuted pixels", "## Translation",
+                    "## Sample efficiency", "## What the networks learn", "## Cost of each part"):
+        assert section in report
     curves = study / "runs/budget/cnn-4000/seed1/plots/metrics/val/acc.tsv"
     assert len(curves.read_text().strip().splitlines()) == 1 + 2  # header + one row per epoch
 
@@ -120,13 +154,27 @@ def test_repro_after_a_finished_run_does_nothing(study):
 @pytest.mark.slow
 def test_changing_one_budget_reruns_only_its_cells(study):
     params = yaml.safe_load((study / "params.yaml").read_text())
-    params["study"]["budgets"]["mlp"] = [4000, 25000]
+    params["study"]["budgets"]["mlp"] = [9000, 25000]
     (study / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = dvc(study, "repro")
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
-    assert ran == ["aggregate", "report", "train-mlp@25000"]
+    assert ran == ["aggregate", "probe", "report", "train-mlp@25000"]
     results = pd.read_csv(study / "reports/results.csv")
-    assert sorted(results.query("family == 'mlp'")["budget"].unique()) == [4000, 25000]
+    assert sorted(results.query("family == 'mlp' and comparison == 'budget'")["budget"].unique()) == [9000, 25000]
+
+
+@pytest.mark.slow
+def test_switching_the_controls_off_trains_nothing_and_says_so(study):
+    params = yaml.safe_load((study / "params.yaml").read_text())
+    params["controls"].update(max_shift=0, weights=False, permutation={"families": [], "seed": 0},
+                              subsets={"families": [], "sizes": [], "min_steps": 20})
+    (study / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = dvc(study, "repro")
+    ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
+    assert ran == ["aggregate", "probe", "report"]
+    report = (study / "reports/report.md").read_text()
+    assert report.count("Switched off") == 4
+    assert pd.read_csv(study / "reports/permutation.csv").empty
 
 
 @pytest.mark.slow

@@ -7,8 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from whyconv.report import budget_sentences, diverged_note, reach_table, write_report
-from whyconv.results import params_to_reach, results_table, skeleton_table, summarize
+from whyconv.capacity import Skeleton
+from whyconv.report import (budget_sentences, diverged_note, factorial_section, first_layer_figure, reach_table,
+                            write_report)
+from whyconv.results import (factorial_table, params_to_reach, permutation_table, results_table, skeleton_table,
+                             subsets_table, summarize)
 
 
 def test_params_to_reach_interpolates_in_log_parameters():
@@ -18,20 +21,20 @@ def test_params_to_reach_interpolates_in_log_parameters():
     assert math.isnan(params_to_reach(params, acc, 0.95))  # never reached
 
 
-def study_results(accuracy: dict[str, list[float]], noise: float = 0.004) -> pd.DataFrame:
+def run_record(comparison: str, family: str, budget: int, seed: int, acc: float, train_size: int = 1000) -> dict:
+    return {"dataset": "d", "comparison": comparison, "family": family, "budget": budget, "width": budget // 100,
+            "params": budget, "train_size": train_size, "seed": seed, "status": "ok", "epochs": 2,
+            "val_acc": acc, "test_acc": acc, "val_loss": 1.0, "test_loss": 1.0, "train_seconds": 1.0,
+            "images_per_second": 1.0, "diverged_epoch": None}
+
+
+def study_results(accuracy: dict[str, list[float]], noise: float = 0.004, extra: list[dict] = ()) -> pd.DataFrame:
     """Three seeds per family at 1k, 10k, 100k parameters with the given mean accuracies."""
     rng = np.random.default_rng(0)
-    records = []
-    for family, means in accuracy.items():
-        for budget, mean in zip((1_000, 10_000, 100_000), means):
-            for seed in range(3):
-                acc = mean + noise * rng.standard_normal()
-                records.append({"dataset": "d", "comparison": "budget", "family": family, "budget": budget,
-                                "width": budget // 100, "params": budget, "seed": seed, "status": "ok",
-                                "epochs": 2, "val_acc": acc, "test_acc": acc, "val_loss": 1.0,
-                                "test_loss": 1.0, "train_seconds": 1.0, "images_per_second": 1.0,
-                                "diverged_epoch": None})
-    return results_table(records)
+    records = [run_record("budget", family, budget, seed, mean + noise * rng.standard_normal())
+               for family, means in accuracy.items() for budget, mean in zip((1_000, 10_000, 100_000), means)
+               for seed in range(3)]
+    return results_table(records + list(extra))
 
 
 def report_inputs(accuracy):
@@ -62,22 +65,56 @@ def test_parameters_needed_names_the_thriftier_family_from_the_data():
                for s in sentences)
 
 
-def test_report_files_are_self_contained(tmp_path):
-    results, summary = report_inputs({"mlp": [0.80, 0.85, 0.88], "lcn": [0.83, 0.87, 0.89],
-                                      "cnn": [0.86, 0.89, 0.92]})
+def test_factorial_wording_follows_the_interaction():
+    # Locality adds 6 points with sharing (CNN - GConv) and 2 without (LCN - MLP): interaction +4.
+    results = study_results({"mlp": [0.80, 0.80, 0.80], "lcn": [0.82, 0.82, 0.82],
+                             "gconv": [0.81, 0.81, 0.81], "cnn": [0.87, 0.87, 0.87]}, noise=0.002)
+    table = factorial_table(results, 10_000).set_index("term")
+    assert table.loc["interaction", "estimate"] == pytest.approx(0.04, abs=0.01)
+    assert table.loc["locality", "estimate"] == pytest.approx((0.82 + 0.87 - 0.80 - 0.81) / 2, abs=0.01)
+    text = factorial_section(table.reset_index(), 10_000)
+    assert "the priors help more together than apart" in text and "locality raises accuracy" in text
+    assert "| local     | LCN" in text
+    assert factorial_section(factorial_table(study_results({"mlp": [0.8] * 3}), 10_000), 10_000).startswith("Not run")
+
+
+def full_tables() -> dict[str, pd.DataFrame]:
+    """Every table the report reads, for a small made-up study with all four families and every control."""
+    families = ("mlp", "lcn", "gconv", "cnn", "cnn_gap")
+    extra = [run_record("permuted", f, 10_000, s, 0.8 + 0.01 * s) for f in ("mlp", "cnn") for s in range(3)]
+    extra += [run_record("subset", f, 10_000, s, 0.7 + 0.01 * s, train_size=100) for f in ("mlp", "cnn") for s in range(3)]
+    results = study_results({"mlp": [0.80, 0.85, 0.88], "lcn": [0.83, 0.87, 0.89], "gconv": [0.81, 0.86, 0.88],
+                             "cnn": [0.86, 0.89, 0.92], "cnn_gap": [0.84, 0.88, 0.90]}, extra=extra)
+    budget = results[results["comparison"] == "budget"]
     curves = pd.DataFrame([{"comparison": "budget", "family": f, "size": 100_000, "seed": 0, "epoch": e,
                             "train_loss": 1 / e, "train_acc": 0.8, "val_loss": 1 / e, "val_acc": 0.8}
-                           for f in ("mlp", "lcn", "cnn") for e in (1, 2)])
+                           for f in families for e in (1, 2)])
+    shift = pd.DataFrame([{"family": f, "budget": 10_000, "seed": s, "shift": k, "test_acc": 0.9 - 0.1 * k + 0.01 * s}
+                          for f in families for s in range(3) for k in range(3)])
+    weights = pd.DataFrame([{"family": f, "budget": 10_000, "seed": s, "weights": w, "locality": 0.5 + 0.01 * s,
+                             "sharing": float("nan") if f == "mlp" else 0.3} for f in families for s in range(3)
+                            for w in ("init", "trained")])
+    return {"results": results, "summary": summarize(budget, ["family", "budget"]), "skeleton": skeleton_table(results),
+            "curves": curves, "factorial": factorial_table(results, 10_000),
+            "permutation": permutation_table(results, 10_000), "subsets": subsets_table(results, 10_000),
+            "shift": shift, "weights": weights}
+
+
+def test_report_files_are_self_contained(tmp_path):
     setup = {"dataset": "d", "sizes": {"train": 10, "val": 2, "test": 3}, "epochs": 2, "batch_size": 8,
-             "learning_rate": 0.1, "weight_decay": 0.0, "warmup_epochs": 0, "seeds": [0, 1, 2],
+             "learning_rate": 0.1, "weight_decay": 0.0, "warmup_epochs": 0, "augment_shift": 0, "seeds": [0, 1, 2],
              "dropout": 0.3, "model": {"kernel_size": 3, "depth": 2}, "version": "abc123",
-             "params": {"train": {"epochs": 2}}}
-    write_report(results, summary, skeleton_table(results), curves, setup, tmp_path)
+             "params": {"train": {"epochs": 2}, "controls": {"matched_budget": 10_000, "max_shift": 2,
+                                                             "permutation": {"seed": 0}}}}
+    kernel = np.random.default_rng(0).normal(size=(3, 3, 1, 4))
+    first_layer_figure({"cnn": {"Conv_0": {"kernel": kernel}}}, Skeleton((28, 28, 1), 10), tmp_path / "figures/first_layer.png")
+    write_report(full_tables(), setup, tmp_path)
     report = (tmp_path / "report.md").read_text()
     assert "![test accuracy against parameters](figures/accuracy_vs_params.png)" in report
     assert "code version `abc123`" in report and "## Limitations" in report
+    assert "Switched off" not in report and "| CNN+GAP  |" in report
     page = (tmp_path / "index.html").read_text()
-    assert page.count("data:image/png;base64,") == 3  # both figures and the connectivity diagram and 'src="figures/' not in page
+    assert page.count("data:image/png;base64,") == 7 and 'src="figures/' not in page
     assert "<table>" in page and "MLP parameters" in page
 
 

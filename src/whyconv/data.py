@@ -22,6 +22,7 @@ import functools
 import gzip
 import hashlib
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -171,9 +172,14 @@ def _idx_builder_class():
 
 
 def build_idx_dataset(dataset: str, idx_dir: Path, tfds_dir: Path):
-    """Build (always afresh: 5 s) the `idx_images/<dataset>` TFDS set; return its data source."""
+    """Build (always afresh: 5 s) the `idx_images/<dataset>` TFDS set; return its data source.
+
+    The previous build is removed first: TFDS refuses to rebuild over a prepared set
+    ("Cannot override the file format when the DatasetInfo is already fully initialized").
+    """
     import tensorflow_datasets as tfds
 
+    shutil.rmtree(tfds_dir / "idx_images" / dataset, ignore_errors=True)
     builder = _idx_builder_class()(config=dataset, data_dir=str(tfds_dir))
     builder.download_and_prepare(
         file_format="array_record",

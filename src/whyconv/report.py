@@ -23,35 +23,43 @@ import seaborn as sns  # noqa: E402
 import yaml  # noqa: E402
 
 from whyconv.atomic import atomic_path, write_text  # noqa: E402
-from whyconv.results import difference_interval, params_ratio, params_to_reach  # noqa: E402
+from whyconv.capacity import Skeleton  # noqa: E402
+from whyconv.results import difference_interval, mean_interval, params_ratio, params_to_reach  # noqa: E402
 
-FAMILY_LABELS = {"mlp": "MLP (fully connected)", "lcn": "LCN (local, not shared)",
-                 "cnn": "CNN (local, shared)"}
+FAMILY_LABELS = {"mlp": "MLP (neither prior)", "lcn": "LCN (local, not shared)",
+                 "gconv": "GConv (shared, not local)", "cnn": "CNN (local, shared)",
+                 "cnn_gap": "CNN + global average pool"}
+FAMILY_NAMES = {"mlp": "MLP", "lcn": "LCN", "gconv": "GConv", "cnn": "CNN", "cnn_gap": "CNN+GAP"}
 # One colour per family in every figure, from a colour-blind-safe palette.
-FAMILY_COLORS = dict(zip(FAMILY_LABELS, sns.color_palette("colorblind", 3)))
+FAMILY_COLORS = dict(zip(FAMILY_LABELS, sns.color_palette("colorblind", len(FAMILY_LABELS))))
 
 
-def accuracy_vs_params_figure(summary: pd.DataFrame, path: Path, dataset: str) -> None:
-    """Mean test accuracy against parameter count (log x), one line per family, 95% bands."""
+def band_figure(summary: pd.DataFrame, x: str, path: Path, title: str, xlabel: str, log_x: bool = False) -> None:
+    """Mean test accuracy against `x`, one line per family, with its 95% band over seeds."""
     sns.set_theme(style="whitegrid", context="notebook")
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for family, label in FAMILY_LABELS.items():
-        rows = summary[summary["family"] == family].sort_values("params")
+        rows = summary[summary["family"] == family].sort_values(x)
         if rows.empty:
             continue
         color = FAMILY_COLORS[family]
-        ax.plot(rows["params"], 100 * rows["test_acc_mean"], marker="o", color=color, label=label)
+        ax.plot(rows[x], 100 * rows["test_acc_mean"], marker="o", color=color, label=label)
         # Accuracy cannot leave [0, 100]; a t interval over few seeds can.
-        ax.fill_between(rows["params"], (100 * rows["test_acc_low"]).clip(0, 100),
+        ax.fill_between(rows[x], (100 * rows["test_acc_low"]).clip(0, 100),
                         (100 * rows["test_acc_high"]).clip(0, 100), color=color, alpha=0.2, linewidth=0)
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters (log scale)")
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{dataset}: accuracy at matched parameter budgets\n(mean over seeds, band: 95% interval)")
-    ax.legend(loc="lower right")
+    ax.set_title(f"{title}\n(mean over seeds, band: 95% interval)")
+    ax.legend(loc="lower right", fontsize=9)
+    save_figure(fig, path)
+
+
+def save_figure(fig: plt.Figure, path: Path, dpi: int = 130) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=130, format="png")
+        fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
 
 
@@ -67,7 +75,7 @@ def interval(mean: float, low: float, high: float) -> str:
 
 def budget_table(summary: pd.DataFrame) -> str:
     table = pd.DataFrame({
-        "family": summary["family"].str.upper(),
+        "family": summary["family"].map(FAMILY_NAMES),
         "budget": summary["budget"].map("{:,}".format),
         "width": summary["width"],
         "parameters": summary["params"].map("{:,}".format),
@@ -119,14 +127,15 @@ def diverged_note(results: pd.DataFrame) -> str:
     diverged = results[results["status"] == "diverged"]
     if diverged.empty:
         return "Every run finished with a finite loss."
-    runs = "; ".join(f"{r.family.upper()} {r.comparison} {int(r.budget) if r.comparison == 'budget' else r.width}"
+    runs = "; ".join(f"{FAMILY_NAMES[r.family]} {r.comparison} {r.width if r.comparison == 'skeleton' else int(r.budget)}"
                      f" seed {r.seed} (epoch {int(r.diverged_epoch)})" for r in diverged.itertuples())
     return (f"**{len(diverged)} run(s) diverged** (non-finite training loss) and are excluded from "
             f"every mean and interval: {runs}.")
 
 
 # What each pair of families isolates, in the study's terms.
-PRIOR_PAIRS = [("lcn", "mlp", "locality without sharing"), ("cnn", "lcn", "sharing on top of locality"),
+PRIOR_PAIRS = [("lcn", "mlp", "locality without sharing"), ("gconv", "mlp", "sharing without locality"),
+               ("cnn", "lcn", "sharing on top of locality"), ("cnn", "gconv", "locality on top of sharing"),
                ("cnn", "mlp", "both priors")]
 
 
@@ -141,7 +150,7 @@ def budget_sentences(results: pd.DataFrame) -> list[str]:
             if len(acc_a) and len(acc_b):
                 diff, low, high = difference_interval(acc_a, acc_b)
                 lines.append(f"- {int(budget):,} parameters, {meaning}: "
-                             f"{verdict(diff, low, high, a.upper(), b.upper())} ({points(diff, low, high)}).")
+                             f"{verdict(diff, low, high, FAMILY_NAMES[a], FAMILY_NAMES[b])} ({points(diff, low, high)}).")
     return lines
 
 
@@ -163,7 +172,7 @@ def reach_table(results: pd.DataFrame, summary: pd.DataFrame) -> tuple[str, list
         reached = {f: n for f, n in needs.items() if not math.isnan(n)}
         thriftiest = min(reached, key=reached.get)
         rows.append({"test accuracy": f"{100 * level:.0f}%",
-                     **{f"{f.upper()} parameters": "not reached" if math.isnan(n) else f"{n:,.0f}"
+                     **{f"{FAMILY_NAMES[f]} parameters": "not reached" if math.isnan(n) else f"{n:,.0f}"
                         for f, n in needs.items()}})
         for family in reached:
             if family == thriftiest:
@@ -172,19 +181,19 @@ def reach_table(results: pd.DataFrame, summary: pd.DataFrame) -> tuple[str, list
             versus = f"{reached[family]:,.0f} vs {reached[thriftiest]:,.0f}"
             if math.isnan(r["low"]):  # some seed never reaches the level: the mean curves only
                 sentences.append(
-                    f"- To reach {100 * level:.0f}% test accuracy, the {family.upper()} needs about "
-                    f"{reached[family] / reached[thriftiest]:.1f}x the parameters of the {thriftiest.upper()} "
+                    f"- To reach {100 * level:.0f}% test accuracy, the {FAMILY_NAMES[family]} needs about "
+                    f"{reached[family] / reached[thriftiest]:.1f}x the parameters of the {FAMILY_NAMES[thriftiest]} "
                     f"({versus}, from the mean curves; not every seed reaches {100 * level:.0f}% within "
                     f"the budgets, so there is no interval).")
             elif r["low"] <= 1 <= r["high"]:
                 sentences.append(
                     f"- To reach {100 * level:.0f}% test accuracy, there is no detectable difference between "
-                    f"the parameters the {family.upper()} and the {thriftiest.upper()} need ({versus}; "
+                    f"the parameters the {FAMILY_NAMES[family]} and the {FAMILY_NAMES[thriftiest]} need ({versus}; "
                     f"ratio {r['ratio']:.1f}x, 95% CI over seeds [{r['low']:.1f}x, {r['high']:.1f}x]).")
             else:
                 sentences.append(
-                    f"- To reach {100 * level:.0f}% test accuracy, the {family.upper()} needs {r['ratio']:.1f}x "
-                    f"the parameters of the {thriftiest.upper()} ({versus}; 95% CI over seeds "
+                    f"- To reach {100 * level:.0f}% test accuracy, the {FAMILY_NAMES[family]} needs {r['ratio']:.1f}x "
+                    f"the parameters of the {FAMILY_NAMES[thriftiest]} ({versus}; 95% CI over seeds "
                     f"[{r['low']:.1f}x, {r['high']:.1f}x]).")
     return pd.DataFrame(rows).to_markdown(index=False), sentences
 
@@ -208,10 +217,7 @@ def curves_figure(curves: pd.DataFrame, budget: int, path: Path) -> None:
         ax.set_ylabel(ylabel)
     axes[1].legend(loc="lower right", title="solid: validation, dashed: train", title_fontsize=9)
     fig.suptitle(f"Training curves at a budget of {budget:,} parameters (mean over seeds)")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def common_budgets(summary: pd.DataFrame) -> set[int]:
@@ -224,7 +230,7 @@ def compute_section(summary: pd.DataFrame, skeleton: pd.DataFrame) -> str:
     if "forward_flops" not in summary:
         return "Not measured in this run."
     table = pd.DataFrame({
-        "family": summary["family"].str.upper(),
+        "family": summary["family"].map(FAMILY_NAMES),
         "parameters": summary["params"].map("{:,}".format),
         "forward MFLOPs per image": (summary["forward_flops"] / 1e6).map("{:.3f}".format),
         "training images/s": summary["images_per_second"].map("{:,.0f}".format),
@@ -252,26 +258,32 @@ def connectivity_figure(path: Path, kernel: int = 3, size: int = 8) -> None:
 
     An illustration on an 8x8 image (weights drawn at random, colour = weight): the MLP's units
     see every pixel with weights of their own; the LCN's see a k x k patch with weights of their
-    own; the CNN's see a k x k patch with the same weights. Blank pixels are not connected.
+    own; the GConv's see every pixel through one shared filter, moved with the unit; the CNN's
+    see a k x k patch with the same weights. Blank pixels are not connected.
     """
     rng = np.random.default_rng(0)
     units = [(1, 1), (4, 5)]  # top-left corner of each unit's patch
     shared = rng.normal(size=(kernel, kernel))
+    shared_global = rng.normal(size=(size, size))
+    families = ["mlp", "lcn", "gconv", "cnn"]
     panels = {}
-    for family in FAMILY_LABELS:
+    for family in families:
         maps = []
         for row, col in units:
             weights = np.full((size, size), np.nan)
             if family == "mlp":
                 weights = rng.normal(size=(size, size))
+            elif family == "gconv":  # the same image-sized filter, moved (circularly) with the unit
+                weights = np.roll(shared_global, (row, col), axis=(0, 1))
             else:
                 patch = shared if family == "cnn" else rng.normal(size=(kernel, kernel))
                 weights[row:row + kernel, col:col + kernel] = patch
             maps.append(weights)
         panels[family] = maps
     sns.set_theme(style="white", context="notebook")
-    fig, axes = plt.subplots(2, 3, figsize=(9, 6.2))
-    for column, (family, label) in enumerate(FAMILY_LABELS.items()):
+    fig, axes = plt.subplots(2, len(families), figsize=(12, 6.2))
+    for column, family in enumerate(families):
+        label = FAMILY_LABELS[family]
         for row, weights in enumerate(panels[family]):
             ax = axes[row, column]
             ax.imshow(weights, cmap="coolwarm", vmin=-2, vmax=2)
@@ -287,10 +299,214 @@ def connectivity_figure(path: Path, kernel: int = 3, size: int = 8) -> None:
             if column == 0:
                 ax.set_ylabel(f"unit {row + 1}")
     fig.suptitle("What two first-layer units see (colour: weight; blank: not connected)", fontsize=12)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
+
+
+def by_seed_summary(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Mean test accuracy and its 95% interval over seeds, per group."""
+    rows = []
+    for key, group in frame.groupby(by, sort=True):
+        mean, low, high = mean_interval(group["test_acc"].to_numpy())
+        rows.append({**dict(zip(by, key)), "test_acc_mean": mean, "test_acc_low": low, "test_acc_high": high,
+                     "seeds": len(group)})
+    return pd.DataFrame(rows, columns=[*by, "test_acc_mean", "test_acc_low", "test_acc_high", "seeds"])
+
+
+def effect_words(estimate: float, low: float, high: float, raises: str, lowers: str) -> str:
+    if math.isnan(low) or low <= 0 <= high:
+        return "no detectable effect"
+    return raises if estimate > 0 else lowers
+
+
+def factorial_section(factorial: pd.DataFrame, budget: int) -> str:
+    """The 2 x 2 of locality x sharing at the matched budget, its main effects and interaction."""
+    if factorial.empty:
+        return ("Not run: the 2x2 needs MLP, LCN, GConv and CNN at the matched budget "
+                f"({budget:,}) in study.budgets.")
+    at = factorial.set_index("term")
+    cell = {f: f"{FAMILY_NAMES[f]} {interval(*at.loc[f, ['estimate', 'low', 'high']])}" for f in
+            ("mlp", "lcn", "gconv", "cnn")}
+    grid = pd.DataFrame({"": ["not local", "local"], "not shared": [cell["mlp"], cell["lcn"]],
+                         "shared": [cell["gconv"], cell["cnn"]]}).to_markdown(index=False)
+    meaning = {
+        "locality": ("Locality (mean of LCN and CNN minus mean of MLP and GConv)",
+                     "locality raises accuracy", "locality lowers accuracy"),
+        "sharing": ("Sharing (mean of GConv and CNN minus mean of MLP and LCN)",
+                    "sharing raises accuracy", "sharing lowers accuracy"),
+        "interaction": ("Interaction ((CNN - GConv) - (LCN - MLP): what locality adds with sharing, minus without)",
+                        "the priors help more together than apart", "the priors help less together than apart"),
+    }
+    lines = []
+    for term, (label, raises, lowers) in meaning.items():
+        estimate, low, high = at.loc[term, ["estimate", "low", "high"]]
+        lines.append(f"- {label}: {points(estimate, low, high)}: {effect_words(estimate, low, high, raises, lowers)}.")
+    return (f"Test accuracy % [95% CI] at {budget:,} parameters:\n\n{grid}\n\n"
+            "Effects in accuracy points (Welch-Satterthwaite intervals over independent seeds):\n\n" + "\n".join(lines))
+
+
+def permutation_figure(results: pd.DataFrame, budget: int, path: Path) -> None:
+    """Test accuracy on natural and permuted pixels per family: mean bars and every seed as a dot."""
+    runs = results[(results["budget"] == budget) & (results["status"] == "ok")
+                   & results["comparison"].isin(["budget", "permuted"])]
+    runs = runs[runs["family"].isin(set(results.loc[results["comparison"] == "permuted", "family"]))]
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    families = [f for f in FAMILY_LABELS if f in set(runs["family"])]
+    for offset, (comparison, hatch, label) in zip((-0.2, 0.2), (("budget", "", "natural pixels"),
+                                                                ("permuted", "//", "permuted pixels"))):
+        for i, family in enumerate(families):
+            acc = 100 * runs.loc[(runs["family"] == family) & (runs["comparison"] == comparison), "test_acc"]
+            ax.bar(i + offset, acc.mean(), width=0.38, color=FAMILY_COLORS[family], hatch=hatch,
+                   edgecolor="white", label=label if i == 0 else None, alpha=0.9 if hatch == "" else 0.55)
+            ax.scatter(np.full(len(acc), i + offset), acc, color="black", s=10, zorder=3)
+    ax.set_xticks(range(len(families)), [FAMILY_NAMES[f] for f in families])
+    low = 100 * runs["test_acc"].min() if len(runs) else 0
+    ax.set_ylim(max(0, low - 5), 100)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"Natural against permuted pixels at {budget:,} parameters (dots: seeds)")
+    ax.legend(loc="lower right", fontsize=9)
+    save_figure(fig, path)
+
+
+def permutation_section(permutation: pd.DataFrame) -> str:
+    if permutation.empty:
+        return "Switched off (controls.permutation.families is empty)."
+    table = pd.DataFrame({
+        "family": permutation["family"].map(FAMILY_NAMES),
+        "natural %": permutation["natural_acc"].map(percent),
+        "permuted %": permutation["permuted_acc"].map(percent),
+        "drop (points) [95% CI]": [interval(*r) for r in permutation[["drop", "drop_low", "drop_high"]].to_numpy()],
+        "seeds": permutation["seeds"],
+    }).to_markdown(index=False)
+    lines = []
+    for r in permutation.itertuples():
+        words = effect_words(r.drop, r.drop_low, r.drop_high, "loses accuracy", "gains accuracy")
+        lines.append(f"- {FAMILY_NAMES[r.family]}: {'no detectable change' if words == 'no detectable effect' else words} "
+                     f"on permuted pixels ({points(-r.drop, -r.drop_high, -r.drop_low)}).")
+    ranked = permutation.sort_values("permuted_acc", ascending=False)
+    lines.append("- On permuted pixels the order is " + " > ".join(
+        f"{FAMILY_NAMES[r.family]} ({percent(r.permuted_acc)}%)" for r in ranked.itertuples()) + "; on natural "
+        "pixels it is " + " > ".join(f"{FAMILY_NAMES[r.family]} ({percent(r.natural_acc)}%)"
+                                   for r in permutation.sort_values("natural_acc", ascending=False).itertuples()) + ".")
+    return table + "\n\n" + "\n".join(lines)
+
+
+def shift_section(shift: pd.DataFrame, max_shift: int) -> str:
+    if shift.empty or max_shift == 0:
+        return "Switched off (controls.max_shift is 0)."
+    summary = by_seed_summary(shift, ["family", "shift"])
+    table = summary.pivot(index="family", columns="shift", values="test_acc_mean")
+    table = table.reindex([f for f in FAMILY_LABELS if f in table.index])
+    table.index = table.index.map(FAMILY_NAMES)
+    table.columns = [f"{c} px" for c in table.columns]
+    lines = []
+    for family, group in shift.groupby("family", sort=False):
+        per_seed = group.pivot(index="seed", columns="shift", values="test_acc")
+        drop = mean_interval((per_seed[0] - per_seed[max_shift]).to_numpy())
+        lines.append(f"- {FAMILY_NAMES[family]}: shifted by {max_shift} pixels, accuracy falls by "
+                     f"{points(*drop).replace('+', '')} (paired over seeds).")
+    return ("Test accuracy % (mean over seeds) with every test image moved by s pixels along both axes "
+            "(zero fill; the mean of the four diagonal directions):\n\n"
+            + (100 * table).round(2).to_markdown() + "\n\n" + "\n".join(lines))
+
+
+def subsets_section(results: pd.DataFrame, subsets: pd.DataFrame, budget: int) -> str:
+    if subsets.empty:
+        return "Switched off (controls.subsets.sizes or .families is empty)."
+    table = subsets.assign(cell=[interval(*r) for r in subsets[["test_acc_mean", "test_acc_low", "test_acc_high"]].to_numpy()])
+    grid = table.pivot(index="family", columns="train_size", values="cell")
+    grid = grid.reindex([f for f in FAMILY_LABELS if f in grid.index])
+    grid.index = grid.index.map(FAMILY_NAMES)
+    grid.columns = [f"{c:,} images" for c in grid.columns]
+    epochs = subsets.groupby("train_size")["epochs"].max()
+    lines = []
+    runs = results[(results["budget"] == budget) & (results["status"] == "ok")
+                   & results["comparison"].isin(["budget", "subset"])]
+    if {"cnn", "mlp"} <= set(subsets["family"]):
+        for size in sorted(subsets["train_size"].unique()):
+            acc = {f: runs.loc[(runs["family"] == f) & (runs["train_size"] == size), "test_acc"].to_numpy()
+                   for f in ("cnn", "mlp")}
+            diff = difference_interval(acc["cnn"], acc["mlp"])
+            lines.append(f"- {size:,} training images: CNN minus MLP {points(*diff)}.")
+    return (f"Test accuracy % [95% CI] at {budget:,} parameters against training-set size. Subsets are nested "
+            "and the same for every family and seed; small subsets train for more epochs ("
+            + ", ".join(f"{e} at {n:,}" for n, e in epochs.items()) + ") so that every run takes at least "
+            "controls.subsets.min_steps steps.\n\n" + grid.to_markdown() + "\n\n" + "\n".join(lines))
+
+
+def weights_section(weights: pd.DataFrame, kernel: int) -> str:
+    if weights.empty:
+        return "Switched off (controls.weights is false)."
+    rows = []
+    for family in [f for f in FAMILY_LABELS if f in set(weights["family"])]:
+        row = {"family": FAMILY_NAMES[family]}
+        for metric in ("locality", "sharing"):
+            for when in ("trained", "init"):
+                values = weights.loc[(weights["family"] == family) & (weights["weights"] == when), metric].to_numpy()
+                row[f"{metric} {'trained' if when == 'trained' else 'at init'}"] = (
+                    "n/a" if np.isnan(values).all() else interval(*mean_interval(values)).replace(" (one seed)", ""))
+        rows.append(row)
+    table = pd.DataFrame(rows).to_markdown(index=False)
+    return (f"*Emergent locality*: the share of a first-layer unit's weight energy inside its best {kernel}x{kernel} "
+            "window, in % (100 for a unit that sees only such a patch; circular windows for GConv). "
+            "*Emergent sharing*: matched cosine similarity of the filters at neighbouring positions, "
+            "in % (100 for identical filters; the MLP has no positions). Trained against the same "
+            "model at initialization, the chance level for its shape; 95% CI over seeds.\n\n" + table)
+
+
+def first_layer_figure(examples: dict[str, dict], skeleton: Skeleton, path: Path, units: int = 8) -> None:
+    """First-layer weights of one trained model per family: full-image units, or k x k filters."""
+    sns.set_theme(style="white", context="notebook")
+    families = [f for f in FAMILY_LABELS if f in examples]
+    fig, axes = plt.subplots(max(len(families), 1), units, figsize=(1.3 * units, 1.5 * max(len(families), 1)),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    height, width, channels = skeleton.image_shape
+    for row, family in enumerate(families):
+        params = examples[family]
+        if family == "mlp":
+            kernel = np.asarray(params["Dense_0"]["kernel"]).reshape(height, width, channels, -1)[:, :, 0]
+            panels = [kernel[..., i] for i in range(kernel.shape[-1])]
+        elif family == "gconv":
+            kernel = np.asarray(params["CircularConv_0"]["kernel"])[:, :, 0]
+            panels = [np.fft.fftshift(kernel[..., i]) for i in range(kernel.shape[-1])]  # centre the origin
+        elif family == "lcn":
+            kernel = np.asarray(params["LocallyConnected_0"]["kernel"])  # (h, w, in*k*k, out)
+            k = skeleton.kernel_size
+            h, w = kernel.shape[:2]
+            positions = [(h // 4, w // 4), (h // 2, w // 2), (3 * h // 4, 3 * w // 4)]
+            panels = [kernel[y, x].reshape(channels, k, k, -1)[0, :, :, c]
+                      for c in range(kernel.shape[-1]) for y, x in positions]
+        else:
+            kernel = np.asarray(params["Conv_0"]["kernel"])[:, :, 0]
+            panels = [kernel[..., i] for i in range(kernel.shape[-1])]
+        for column, panel in enumerate(panels[:units]):
+            ax = axes[row, column]
+            limit = np.abs(panel).max() or 1.0
+            ax.imshow(panel, cmap="RdBu_r", vmin=-limit, vmax=limit)
+            ax.set_axis_on()
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor(FAMILY_COLORS[family])
+        axes[row, 0].set_ylabel(FAMILY_NAMES[family], color=FAMILY_COLORS[family], fontsize=11)
+    fig.suptitle("First-layer weights (seed 0; red positive, blue negative). LCN: one filter at three "
+                 "positions per channel; GConv: origin at the centre", fontsize=10)
+    save_figure(fig, path, dpi=100)
+
+
+def cost_section(results: pd.DataFrame) -> str:
+    """Training time of each part of the study, measured inside the runs."""
+    parts = results.assign(part=[
+        {"budget": f"budget sweep, {FAMILY_NAMES[f]}", "skeleton": "same skeleton", "permuted": "permutation control",
+         "subset": "sample efficiency"}[c] for c, f in zip(results["comparison"], results["family"])])
+    seconds = parts.groupby("part", sort=False)["train_seconds"].agg(["sum", "count"])
+    table = pd.DataFrame({"part": seconds.index, "runs": seconds["count"],
+                          "training minutes": (seconds["sum"] / 60).map("{:.1f}".format)})
+    total = results["train_seconds"].sum() / 60
+    return ("Training time per part, summed over its runs (epochs and validation; compilation, data "
+            f"loading and the probes come on top). Total: {total:.1f} minutes.\n\n" + table.to_markdown(index=False))
 
 
 def families_table(setup: dict) -> str:
@@ -299,20 +515,27 @@ def families_table(setup: dict) -> str:
         ("MLP", "no", "no", "every pixel of the image", f"{depth} hidden layers of width h"),
         ("LCN", "yes", "no", f"a {k}x{k} patch at its own position, with weights of its own",
          f"{depth} layers of c, 2c, ... channels, one filter per position"),
+        ("GConv", "no", "yes", "the whole image, through one image-sized filter shared by every position "
+         "(circular convolution)", f"{depth} layers of c, 2c, ... channels, one filter per layer"),
         ("CNN", "yes", "yes", f"a {k}x{k} patch, with the same filter at every position",
          f"{depth} layers of c, 2c, ... channels, one filter per layer"),
+        ("CNN+GAP", "yes", "yes", "as the CNN; the classifier sees the channel means over positions",
+         "as the CNN (a control for translation)"),
     ]
     return pd.DataFrame(rows, columns=["family", "local", "shared", "a first-layer unit sees",
                                        "width knob"]).to_markdown(index=False)
 
 
 def limitations(results: pd.DataFrame, summary: pd.DataFrame, setup: dict) -> str:
-    ranges = "; ".join(f"{f.upper()} {int(g['params'].min()):,} to {int(g['params'].max()):,}"
+    ranges = "; ".join(f"{FAMILY_NAMES[f]} {int(g['params'].min()):,} to {int(g['params'].max()):,}"
                        for f, g in summary.groupby("family", observed=True))
     seeds = len(setup["seeds"])
     return f"""- One dataset, `{setup['dataset']}`: {setup['sizes']['train']:,} training images; conclusions about
   other data (colour, larger images, more classes) need their own run (`data.dataset`).
-- No data augmentation and no pooling: nothing here is built to be shift invariant.
+- Translation is probed at one budget; only the CNN+GAP has a pooling head, and training uses
+  {f"shift augmentation of up to {setup['augment_shift']} pixels" if setup['augment_shift'] else "no augmentation"}.
+- The controls (2x2, permutation, shifts, subsets, weights) run at one matched budget,
+  {setup['params']['controls']['matched_budget']:,} parameters; other budgets may differ.
 - Parameters span {ranges}. Outside these ranges the curves are extrapolation.
 - {seeds} seed{'s' if seeds != 1 else ''} per cell: the intervals cover initialization and data order only, not
   a resampled dataset, and with few seeds they are wide.
@@ -350,23 +573,38 @@ pre {{ background: #f6f6f6; padding: 0.8rem; overflow-x: auto; font-size: 0.85re
 """
 
 
-def write_report(results: pd.DataFrame, summary: pd.DataFrame, skeleton: pd.DataFrame,
-                 curves: pd.DataFrame, setup: dict, folder: Path) -> None:
-    """reports/report.md, reports/index.html and the figures they show."""
-    accuracy_vs_params_figure(summary, folder / "figures" / "accuracy_vs_params.png", setup["dataset"])
-    connectivity_figure(folder / "figures" / "connectivity.png", setup["model"]["kernel_size"])
+def write_report(tables: dict[str, pd.DataFrame], setup: dict, folder: Path) -> None:
+    """reports/report.md, reports/index.html and the figures they show.
+
+    `tables` holds the aggregate and probe tables by name (results, summary, skeleton, curves,
+    factorial, permutation, subsets, shift, weights).
+    """
+    results, summary, skeleton = tables["results"], tables["summary"], tables["skeleton"]
+    controls = setup["params"]["controls"]
+    budget = controls["matched_budget"]
+    figures = folder / "figures"
+    band_figure(summary, "params", figures / "accuracy_vs_params.png",
+                f"{setup['dataset']}: accuracy at matched parameter budgets", "parameters (log scale)", log_x=True)
+    connectivity_figure(figures / "connectivity.png", setup["model"]["kernel_size"])
     common = common_budgets(summary)
     curve_budget = int(max(common) if common else summary["budget"].max())
-    curves_figure(curves, curve_budget, folder / "figures" / "training_curves.png")
+    curves_figure(tables["curves"], curve_budget, figures / "training_curves.png")
+    permutation_figure(results, budget, figures / "permutation.png")
+    band_figure(by_seed_summary(tables["shift"], ["family", "shift"]), "shift", figures / "shift.png",
+                f"Accuracy under translation at {budget:,} parameters", "shift along both axes (pixels)")
+    band_figure(tables["subsets"], "train_size", figures / "subsets.png",
+                f"Sample efficiency at {budget:,} parameters", "training images (log scale)", log_x=True)
     best = summary.loc[summary.groupby("family", observed=True)["test_acc_mean"].idxmax()]
     best_lines = "\n".join(
-        f"- {r.family.upper()}: {percent(r.test_acc_mean)}% "
+        f"- {FAMILY_NAMES[r.family]}: {percent(r.test_acc_mean)}% "
         f"[{percent(r.test_acc_low)}, {percent(r.test_acc_high)}] at {r.params:,} parameters "
         f"(budget {r.budget:,})" for r in best.itertuples())
     reach, reach_lines = reach_table(results, summary)
-    budgets = "; ".join(f"{f.upper()} {', '.join(f'{b:,}' for b in sorted(g['budget']))}"
+    budgets = "; ".join(f"{FAMILY_NAMES[f]} {', '.join(f'{b:,}' for b in sorted(g['budget']))}"
                         for f, g in summary.groupby("family", observed=True))
     params_yaml = yaml.safe_dump(setup["params"], sort_keys=False).strip()
+    augment = (f"each training image shifted at random by up to {setup['augment_shift']} pixels"
+               if setup["augment_shift"] else "no augmentation")
     text = f"""# whyconv: why do convolutional networks work?
 
 Generated by `dvc repro` (code version `{setup['version']}`) from the tables in `reports/`; do not edit.
@@ -375,7 +613,9 @@ Generated by `dvc repro` (code version `{setup['version']}`) from the tables in 
 
 Convolutional networks are said to work because of two priors: **locality** (a unit looks at a
 small patch, not the whole image) and **weight sharing** (the same filter at every position).
-This study trains three families at matched parameter counts and asks what each prior buys.
+This study trains the four combinations of the two at matched parameter counts, a 2x2 factorial,
+and asks what each prior buys, then checks why with controls: shuffled pixels, shifted images,
+fewer training images, and what the first layer learns.
 
 {families_table(setup)}
 
@@ -384,7 +624,7 @@ This study trains three families at matched parameter counts and asks what each 
 ## Setup
 
 - Dataset: `{setup['dataset']}` ({setup['sizes']['train']:,} train, {setup['sizes']['val']:,} validation, {setup['sizes']['test']:,} test images)
-- Training: {setup['epochs']} epochs, batch {setup['batch_size']}, AdamW (peak learning rate {setup['learning_rate']}, weight decay {setup['weight_decay']}), warmup then cosine decay, dropout {setup['dropout']} before the classifier; no augmentation
+- Training: {setup['epochs']} epochs, batch {setup['batch_size']}, AdamW (peak learning rate {setup['learning_rate']}, weight decay {setup['weight_decay']}), warmup then cosine decay, dropout {setup['dropout']} before the classifier; {augment}
 - Budgets (target parameter counts): {budgets}
 - Seeds: {', '.join(map(str, setup['seeds']))}. Intervals are 95% Student-t intervals over seeds;
   differences between families use Welch intervals.
@@ -433,6 +673,47 @@ position, so it has many times the parameters; the accuracy difference is what t
 
 {chr(10).join(skeleton_sentence(r) for _, r in skeleton.iterrows())}
 
+## Sharing without locality: the 2x2
+
+The GConv shares one filter across positions like a CNN, but its filter covers the whole image
+(a circular convolution), so it has sharing without locality. With it the four families are a
+2x2 factorial, compared at one matched budget.
+
+{factorial_section(tables["factorial"], budget)}
+
+## Control: permuted pixels
+
+One fixed permutation of pixel positions (seed {controls['permutation']['seed']}), applied to
+every training, validation and test image, keeps every pixel but destroys spatial structure. A
+prior that works because nearby pixels are related should lose its advantage; the MLP, which
+has no notion of position, should not care.
+
+![natural against permuted pixels](figures/permutation.png)
+
+{permutation_section(tables["permutation"])}
+
+## Translation
+
+Every model trained at {budget:,} parameters, tested on shifted images. Weight sharing makes
+layers shift-*equivariant*; only pooling makes the output shift-*invariant*, hence the CNN with
+a global-average-pool head (CNN+GAP).
+
+![accuracy against shift](figures/shift.png)
+
+{shift_section(tables["shift"], controls["max_shift"])}
+
+## Sample efficiency
+
+![accuracy against training-set size](figures/subsets.png)
+
+{subsets_section(results, tables["subsets"], budget)}
+
+## What the networks learn
+
+![first-layer weights](figures/first_layer.png)
+
+{weights_section(tables["weights"], setup["model"]["kernel_size"])}
+
 ## Compute, not only parameters
 
 {compute_section(summary, skeleton)}
@@ -440,6 +721,10 @@ position, so it has many times the parameters; the accuracy difference is what t
 ## Training curves
 
 ![training curves](figures/training_curves.png)
+
+## Cost of each part
+
+{cost_section(results)}
 
 ## Limitations
 

@@ -10,11 +10,13 @@ import pandas as pd
 from scipy import stats
 
 RESULT_COLUMNS = [
-    "dataset", "comparison", "family", "budget", "width", "params", "seed", "status", "epochs",
+    "dataset", "comparison", "family", "budget", "width", "params", "train_size", "seed", "status", "epochs",
     "val_acc", "test_acc", "val_loss", "test_loss", "train_seconds", "images_per_second",
     "diverged_epoch",
 ]
-FAMILY_ORDER = ["mlp", "lcn", "cnn"]
+FAMILY_ORDER = ["mlp", "lcn", "gconv", "cnn", "cnn_gap"]
+# The 2 x 2 factorial: (local, shared) of each core family.
+FACTORIAL = {"mlp": (False, False), "lcn": (True, False), "gconv": (False, True), "cnn": (True, True)}
 
 
 def results_table(records: list[dict]) -> pd.DataFrame:
@@ -78,19 +80,88 @@ def skeleton_table(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def contrast_interval(groups: list[np.ndarray], weights: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """sum_i weights[i] * mean(groups[i]) with a Welch-Satterthwaite t interval (groups are independent seeds).
+
+    nan interval when a group has fewer than 2 seeds.
+    """
+    groups = [np.asarray(g, float) for g in groups]
+    if any(len(g) == 0 for g in groups):
+        return math.nan, math.nan, math.nan
+    estimate = float(sum(w * g.mean() for w, g in zip(weights, groups)))
+    if any(len(g) < 2 for g in groups):
+        return estimate, math.nan, math.nan
+    parts = [w**2 * g.var(ddof=1) / len(g) for w, g in zip(weights, groups)]
+    se = math.sqrt(sum(parts))
+    if se == 0:
+        return estimate, estimate, estimate
+    dof = sum(parts) ** 2 / sum(p**2 / (len(g) - 1) for p, g in zip(parts, groups))
+    half = stats.t.ppf(0.5 + level / 2, dof) * se
+    return estimate, estimate - half, estimate + half
+
+
 def difference_interval(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
     """Mean of a minus mean of b with a Welch t interval (nan when either has fewer than 2 seeds)."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    diff = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
-    if len(a) < 2 or len(b) < 2:
-        return diff, math.nan, math.nan
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return diff, diff, diff
-    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = stats.t.ppf(0.5 + level / 2, dof) * se
-    return diff, diff - half, diff + half
+    return contrast_interval([a, b], [1.0, -1.0], level)
+
+
+def accuracies(results: pd.DataFrame, comparison: str, family: str, budget: int) -> np.ndarray:
+    """Test accuracy of every finished seed of one cell."""
+    rows = results[(results["comparison"] == comparison) & (results["family"] == family)
+                   & (results["budget"] == budget) & (results["status"] == "ok")]
+    return rows["test_acc"].to_numpy()
+
+
+def factorial_table(results: pd.DataFrame, budget: int) -> pd.DataFrame:
+    """Locality x sharing at one budget: the four cell means, both main effects and their interaction.
+
+    Main effect of a prior: mean accuracy of the two cells with it minus the two without.
+    Interaction: what locality adds with sharing (CNN - GConv) minus what it adds without
+    (LCN - MLP). Empty when a cell is missing.
+    """
+    groups = {family: accuracies(results, "budget", family, budget) for family in FACTORIAL}
+    if any(len(g) == 0 for g in groups.values()):
+        return pd.DataFrame(columns=["term", "kind", "estimate", "low", "high"])
+    rows = [{"term": family, "kind": "cell", **dict(zip(("estimate", "low", "high"), mean_interval(g)))}
+            for family, g in groups.items()]
+    families = list(FACTORIAL)
+    signs = {
+        "locality": [0.5 if FACTORIAL[f][0] else -0.5 for f in families],
+        "sharing": [0.5 if FACTORIAL[f][1] else -0.5 for f in families],
+        "interaction": [1.0 if FACTORIAL[f][0] == FACTORIAL[f][1] else -1.0 for f in families],
+    }
+    for term, weights in signs.items():
+        estimate, low, high = contrast_interval([groups[f] for f in families], weights)
+        rows.append({"term": term, "kind": "effect", "estimate": estimate, "low": low, "high": high})
+    return pd.DataFrame(rows)
+
+
+def permutation_table(results: pd.DataFrame, budget: int) -> pd.DataFrame:
+    """Per family: test accuracy on natural and on permuted pixels at one budget, and the drop."""
+    rows = []
+    for family in results.loc[results["comparison"] == "permuted", "family"].unique():
+        natural, permuted = (accuracies(results, c, family, budget) for c in ("budget", "permuted"))
+        drop, low, high = difference_interval(natural, permuted)
+        rows.append({"family": family, "budget": budget, "natural_acc": natural.mean(),
+                     "permuted_acc": permuted.mean(), "drop": drop, "drop_low": low, "drop_high": high,
+                     "seeds": min(len(natural), len(permuted))})
+    return pd.DataFrame(rows, columns=["family", "budget", "natural_acc", "permuted_acc", "drop", "drop_low",
+                                       "drop_high", "seeds"])
+
+
+def subsets_table(results: pd.DataFrame, budget: int) -> pd.DataFrame:
+    """Per family trained on subsets: test accuracy against training-set size (the full set from the main run)."""
+    subset_families = results.loc[results["comparison"] == "subset", "family"].unique()
+    runs = results[results["family"].isin(subset_families) & (results["budget"] == budget)
+                   & results["comparison"].isin(["subset", "budget"])]
+    if runs.empty:
+        return pd.DataFrame(columns=["family", "train_size", "epochs", "test_acc_mean", "test_acc_low",
+                                     "test_acc_high", "seeds"])
+    summary = summarize(runs, ["family", "train_size"])
+    epochs = runs.groupby(["family", "train_size"], observed=True)["epochs"].max().rename("epochs")
+    summary = summary.join(epochs, on=["family", "train_size"])
+    return summary[["family", "train_size", "epochs", "params", "test_acc_mean", "test_acc_low", "test_acc_high",
+                    "seeds", "diverged"]]
 
 
 def headline_metrics(summary: pd.DataFrame) -> dict:
