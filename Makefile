@@ -5,9 +5,11 @@
 # Stage commands in dvc.yaml call `python`: make it the project's.
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-# A first look in about two minutes: two budgets per family, one skeleton, 2 epochs, one seed.
-QUICK := -S 'study.budgets.mlp=[10000,100000]' -S 'study.budgets.lcn=[10000,100000]' \
-         -S 'study.budgets.cnn=[4000,25000]' -S 'study.skeleton_channels=[4]' \
+# A first look in a few minutes: every stage and control, on fewer budgets, 2 epochs, one seed.
+QUICK := -S 'study.budgets.mlp=[10000,25000]' -S 'study.budgets.lcn=[10000,25000]' \
+         -S 'study.budgets.gconv=[5000,25000]' -S 'study.budgets.cnn=[4000,25000]' \
+         -S 'study.budgets.cnn_gap=[25000]' -S 'study.skeleton_channels=[4]' \
+         -S 'controls.subsets.sizes=[1000]' -S controls.subsets.min_steps=200 -S controls.max_shift=2 \
          -S train.epochs=2 -S 'train.seeds=[0]'
 
 setup:

@@ -24,7 +24,8 @@ def tiny_splits(n_train: int = 512) -> Splits:
 CONFIG = TrainConfig(epochs=2, batch_size=64, learning_rate=3e-3, weight_decay=0.05, warmup_epochs=0.5)
 
 
-@pytest.mark.parametrize("family, width", [("mlp", 16), ("lcn", 2), ("cnn", 4)])
+# (Not cnn_gap: the synthetic classes differ only in where the square is, which pooling discards.)
+@pytest.mark.parametrize("family, width", [("mlp", 16), ("lcn", 2), ("gconv", 2), ("cnn", 4)])
 def test_same_seed_gives_identical_results_and_learns(family, width):
     model = build_model(family, width, 10, dropout=0.3)
     first = train_seed(model, tiny_splits(), CONFIG, seed=3)
@@ -64,3 +65,14 @@ def test_evaluate_counts_every_example_once_despite_padding():
     # 128 examples in batches of 50 (padded to 150) and in one batch of 128: same answer.
     assert evaluate(eval_step, params, images, labels, 50) == pytest.approx(
         evaluate(eval_step, params, images, labels, 128), rel=1e-5)
+
+
+def test_shift_augmentation_changes_training_and_keeps_the_final_parameters():
+    import dataclasses
+
+    model = build_model("cnn", 4, 10)
+    plain = train_seed(model, tiny_splits(), CONFIG, seed=0)
+    shifted = train_seed(model, tiny_splits(), dataclasses.replace(CONFIG, augment_shift=2), seed=0)
+    assert shifted.status == "ok" and shifted.history[0]["train_loss"] != plain.history[0]["train_loss"]
+    assert set(shifted.params) == {"Conv_0", "Conv_1", "Dense_0"}  # what the probes read
+    assert "params" not in plain.record() and "history" not in plain.record()
