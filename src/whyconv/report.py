@@ -52,7 +52,7 @@ def band_figure(summary: pd.DataFrame, x: str, path: Path, title: str, xlabel: s
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{title}\n(mean over seeds, band: 95% interval)")
-    ax.legend(loc="lower right", fontsize=9)
+    ax.legend(loc="best", fontsize=9)
     save_figure(fig, path)
 
 
@@ -360,8 +360,8 @@ def permutation_figure(results: pd.DataFrame, budget: int, path: Path) -> None:
                    edgecolor="white", label=label if i == 0 else None, alpha=0.9 if hatch == "" else 0.55)
             ax.scatter(np.full(len(acc), i + offset), acc, color="black", s=10, zorder=3)
     ax.set_xticks(range(len(families)), [FAMILY_NAMES[f] for f in families])
-    low = 100 * runs["test_acc"].min() if len(runs) else 0
-    ax.set_ylim(max(0, low - 5), 100)
+    if len(runs):  # the bars start above zero: the dots show every seed
+        ax.set_ylim(max(0, 100 * runs["test_acc"].min() - 3), min(100, 100 * runs["test_acc"].max() + 1))
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"Natural against permuted pixels at {budget:,} parameters (dots: seeds)")
     ax.legend(loc="lower right", fontsize=9)
