@@ -313,7 +313,9 @@ def by_seed_summary(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 
 def effect_words(estimate: float, low: float, high: float, raises: str, lowers: str) -> str:
-    if math.isnan(low) or low <= 0 <= high:
+    if math.isnan(low):
+        return "no claim without an interval"
+    if low <= 0 <= high:
         return "no detectable effect"
     return raises if estimate > 0 else lowers
 
