@@ -93,7 +93,7 @@ def test_repro_produces_every_declared_output_with_sane_values(study):
     assert set(metrics) == {"mlp", "lcn", "gconv", "cnn", "cnn_gap"}
     report = (study / "reports/report.md").read_text()
     assert "figures/accuracy_vs_params.png" in report and "| MLP" in report
-    for figure in ("accuracy_vs_params", "permutation", "shift", "subsets", "first_layer", "training_curves"):
+    for figure in ("accuracy_vs_params", "factorial", "permutation", "shift", "subsets", "first_layer", "training_curves"):
         png = (study / f"reports/figures/{figure}.png").read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 10_000, figure
 

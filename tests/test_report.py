@@ -114,7 +114,7 @@ def test_report_files_are_self_contained(tmp_path):
     assert "code version `abc123`" in report and "## Limitations" in report
     assert "Switched off" not in report and "| CNN+GAP  |" in report
     page = (tmp_path / "index.html").read_text()
-    assert page.count("data:image/png;base64,") == 7 and 'src="figures/' not in page
+    assert page.count("data:image/png;base64,") == 8 and 'src="figures/' not in page
     assert "<table>" in page and "MLP parameters" in page
 
 

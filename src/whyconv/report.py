@@ -346,6 +346,32 @@ def factorial_section(factorial: pd.DataFrame, budget: int) -> str:
             "Effects in accuracy points (Welch-Satterthwaite intervals over independent seeds):\n\n" + "\n".join(lines))
 
 
+def factorial_figure(factorial: pd.DataFrame, budget: int, path: Path) -> None:
+    """The 2x2 as an interaction plot: accuracy without and with locality, one line per sharing level.
+
+    Parallel lines would mean no interaction; the vertical bars are the cells' 95% intervals.
+    """
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if not factorial.empty:
+        at = factorial.set_index("term")
+        for shared, (without, with_) in ((False, ("mlp", "lcn")), (True, ("gconv", "cnn"))):
+            rows = at.loc[[without, with_]]
+            color = FAMILY_COLORS["cnn" if shared else "mlp"]
+            ax.errorbar([0, 1], 100 * rows["estimate"], capsize=4, marker="o", color=color,
+                        yerr=[100 * (rows["estimate"] - rows["low"]), 100 * (rows["high"] - rows["estimate"])],
+                        label="shared" if shared else "not shared")
+            for x, family in enumerate((without, with_)):
+                ax.annotate(FAMILY_NAMES[family], (x, 100 * rows.loc[family, "estimate"]), xytext=(8, -4),
+                            textcoords="offset points", color=color)
+        ax.legend(loc="upper left", fontsize=9)
+    ax.set_xticks([0, 1], ["global", "local"])
+    ax.set_xlim(-0.3, 1.5)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"Locality x sharing at {budget:,} parameters\n(bars: 95% interval over seeds)")
+    save_figure(fig, path)
+
+
 def permutation_figure(results: pd.DataFrame, budget: int, path: Path) -> None:
     """Test accuracy on natural and permuted pixels per family: mean bars and every seed as a dot."""
     runs = results[(results["budget"] == budget) & (results["status"] == "ok")
@@ -591,6 +617,7 @@ def write_report(tables: dict[str, pd.DataFrame], setup: dict, folder: Path) -> 
     common = common_budgets(summary)
     curve_budget = int(max(common) if common else summary["budget"].max())
     curves_figure(tables["curves"], curve_budget, figures / "training_curves.png")
+    factorial_figure(tables["factorial"], budget, figures / "factorial.png")
     permutation_figure(results, budget, figures / "permutation.png")
     band_figure(by_seed_summary(tables["shift"], ["family", "shift"]), "shift", figures / "shift.png",
                 f"Accuracy under translation at {budget:,} parameters", "shift along both axes (pixels)")
@@ -680,6 +707,8 @@ position, so it has many times the parameters; the accuracy difference is what t
 The GConv shares one filter across positions like a CNN, but its filter covers the whole image
 (a circular convolution), so it has sharing without locality. With it the four families are a
 2x2 factorial, compared at one matched budget.
+
+![locality x sharing](figures/factorial.png)
 
 {factorial_section(tables["factorial"], budget)}
 
