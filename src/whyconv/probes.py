@@ -79,6 +79,25 @@ def sharing(filters: np.ndarray) -> float:
     return float(np.mean(scores))
 
 
+def first_layer_kernel(family: str, params: dict, image_shape: tuple[int, int, int]) -> np.ndarray:
+    """A family's first-layer weights with space made explicit (the one place that knows the layouts).
+
+    (H, W, in, units) for the MLP and the GConv (every unit spans the image), (k, k, in, out) for
+    the CNNs, and (h, w, k, k, in, out) for the LCN, one filter per output position.
+    """
+    height, width, channels = image_shape
+    if family == "mlp":
+        return np.asarray(params["Dense_0"]["kernel"]).reshape(height, width, channels, -1)
+    if family == "gconv":
+        return np.asarray(params["CircularConv_0"]["kernel"])
+    if family == "lcn":
+        kernel = np.asarray(params["LocallyConnected_0"]["kernel"])  # patch features ordered (in, row, column)
+        h, w, features, out = kernel.shape
+        k = int(round((features / channels) ** 0.5))
+        return kernel.reshape(h, w, channels, k, k, out).transpose(0, 1, 3, 4, 2, 5)
+    return np.asarray(params["Conv_0"]["kernel"])  # cnn, cnn_gap
+
+
 def first_layer(family: str, params: dict, image_shape: tuple[int, int, int], out_size: tuple[int, int],
                 ) -> tuple[np.ndarray, np.ndarray | None]:
     """A family's first layer as (energy maps (units, H, W), filters per position (h, w, features, channels)).
@@ -86,22 +105,17 @@ def first_layer(family: str, params: dict, image_shape: tuple[int, int, int], ou
     Filters per position are None for the MLP, which has no positions. Local units are placed
     on the image at their receptive field, so their energy maps are measured like the others.
     """
-    height, width, channels = image_shape
+    height, width, _ = image_shape
+    kernel = first_layer_kernel(family, params, image_shape)
     if family == "mlp":
-        kernel = np.asarray(params["Dense_0"]["kernel"]).reshape(height, width, channels, -1)
         return (kernel**2).sum(axis=2).transpose(2, 0, 1), None
-    if family == "gconv":
-        kernel = np.asarray(params["CircularConv_0"]["kernel"])  # (H, W, in, out)
-        flat = kernel.reshape(-1, kernel.shape[-1])
-        return (kernel**2).sum(axis=2).transpose(2, 0, 1), np.broadcast_to(flat, (*out_size, *flat.shape))
     if family == "lcn":
-        kernel = np.asarray(params["LocallyConnected_0"]["kernel"])  # (h, w, in*k*k, out)
-        k = int(round((kernel.shape[2] / channels) ** 0.5))
-        centre = kernel[out_size[0] // 2, out_size[1] // 2].reshape(channels, k, k, -1).transpose(1, 2, 0, 3)
-        return embed(centre, height, width), kernel
-    kernel = np.asarray(params["Conv_0"]["kernel"])  # (k, k, in, out): cnn, cnn_gap
+        h, w = kernel.shape[:2]
+        return embed(kernel[h // 2, w // 2], height, width), kernel.reshape(h, w, -1, kernel.shape[-1])
+    # Shared families: the same filter at every position.
+    energy = (kernel**2).sum(axis=2).transpose(2, 0, 1) if family == "gconv" else embed(kernel, height, width)
     flat = kernel.reshape(-1, kernel.shape[-1])
-    return embed(kernel, height, width), np.broadcast_to(flat, (*out_size, *flat.shape))
+    return energy, np.broadcast_to(flat, (*out_size, *flat.shape))
 
 
 def embed(kernel: np.ndarray, height: int, width: int) -> np.ndarray:

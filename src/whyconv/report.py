@@ -24,6 +24,7 @@ import yaml  # noqa: E402
 
 from whyconv.atomic import atomic_path, write_text  # noqa: E402
 from whyconv.capacity import Skeleton  # noqa: E402
+from whyconv.probes import first_layer_kernel  # noqa: E402
 from whyconv.results import difference_interval, mean_interval, params_ratio, params_to_reach  # noqa: E402
 
 FAMILY_LABELS = {"mlp": "MLP (neither prior)", "lcn": "LCN (local, not shared)",
@@ -490,25 +491,16 @@ def first_layer_figure(examples: dict[str, dict], skeleton: Skeleton, path: Path
                              squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
-    height, width, channels = skeleton.image_shape
     for row, family in enumerate(families):
-        params = examples[family]
-        if family == "mlp":
-            kernel = np.asarray(params["Dense_0"]["kernel"]).reshape(height, width, channels, -1)[:, :, 0]
-            panels = [kernel[..., i] for i in range(kernel.shape[-1])]
-        elif family == "gconv":
-            kernel = np.asarray(params["CircularConv_0"]["kernel"])[:, :, 0]
-            panels = [np.fft.fftshift(kernel[..., i]) for i in range(kernel.shape[-1])]  # centre the origin
-        elif family == "lcn":
-            kernel = np.asarray(params["LocallyConnected_0"]["kernel"])  # (h, w, in*k*k, out)
-            k = skeleton.kernel_size
+        kernel = first_layer_kernel(family, examples[family], skeleton.image_shape)
+        if family == "lcn":  # (h, w, k, k, in, out): each channel at three positions
             h, w = kernel.shape[:2]
             positions = [(h // 4, w // 4), (h // 2, w // 2), (3 * h // 4, 3 * w // 4)]
-            panels = [kernel[y, x].reshape(channels, k, k, -1)[0, :, :, c]
-                      for c in range(kernel.shape[-1]) for y, x in positions]
-        else:
-            kernel = np.asarray(params["Conv_0"]["kernel"])[:, :, 0]
-            panels = [kernel[..., i] for i in range(kernel.shape[-1])]
+            panels = [kernel[y, x, :, :, 0, c] for c in range(kernel.shape[-1]) for y, x in positions]
+        else:  # (size, size, in, units): first input channel; GConv's origin moved to the centre
+            panels = [kernel[:, :, 0, i] for i in range(kernel.shape[-1])]
+            if family == "gconv":
+                panels = [np.fft.fftshift(panel) for panel in panels]
         for column, panel in enumerate(panels[:units]):
             ax = axes[row, column]
             limit = np.abs(panel).max() or 1.0
