@@ -15,8 +15,9 @@ QUICK := -S 'study.budgets.mlp=[10000,25000]' -S 'study.budgets.lcn=[10000,25000
 setup:
 	@scripts/setup.sh
 
+# `dvc repro`, with the independent training stages run one per core (src/whyconv/sweep.py).
 study: setup
-	dvc repro
+	python -m whyconv.sweep
 
 quick: setup
 	dvc exp run $(QUICK)

@@ -6,8 +6,6 @@ sharing, trained and at initialization) and reports/figures/first_layer.png.
 
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import pandas as pd
 
 from whyconv import data, stage
@@ -18,6 +16,7 @@ from whyconv.models import build_model
 from whyconv.probes import first_layer, locality, sharing, shift_accuracy
 from whyconv.report import first_layer_figure
 from whyconv.study import read_cell, read_trained_params
+from whyconv.training import init_params
 
 REPORTS = Path("reports")
 COLUMNS = {"shift": ["family", "budget", "seed", "shift", "test_acc"],
@@ -47,9 +46,7 @@ def main() -> None:
                            for shift, acc in enumerate(curve)]
             if not controls.weights:
                 continue
-            # The initialization training started from (training.train_seed's key), as the chance level.
-            init_key = jax.random.split(jax.random.key(seed))[0]
-            initial = model.init(init_key, jnp.zeros((1, *skeleton.image_shape)))["params"]
+            initial = init_params(model, seed, skeleton.image_shape)  # where training started: chance level
             for when, tree in (("init", initial), ("trained", trained)):
                 energy, filters = first_layer(family, tree, skeleton.image_shape, spatial_sizes(skeleton)[0])
                 weights.append({"family": family, "budget": budget, "seed": seed, "weights": when,

@@ -13,6 +13,7 @@ from whyconv import data, stage
 from whyconv.config import load_params
 from whyconv.models import FAMILIES
 from whyconv.study import train_cell
+from whyconv.training import join_hosts
 
 
 def main() -> None:
@@ -26,6 +27,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.permuted and args.budget is None:
         parser.error("--permuted goes with --budget")
+    join_hosts()
     out = train_cell(load_params(), data.load(Path("data/prepared")), args.family, budget=args.budget,
                      channels=args.channels, permuted=args.permuted, subset=args.subset)
     print(f"wrote {out}")

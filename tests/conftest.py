@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -44,3 +45,11 @@ def write_idx_dataset(folder: Path, train: int = 1000, test: int = 200, compress
 @pytest.fixture
 def idx_dir(tmp_path: Path) -> Path:
     return write_idx_dataset(tmp_path / "idx")
+
+
+@pytest.fixture
+def unused_tcp_port() -> int:
+    """A local TCP port nothing listens on (for a coordinator process)."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]

@@ -42,3 +42,49 @@ def test_two_devices_train_like_one():
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
         assert b["val_acc"] == pytest.approx(a["val_acc"], abs=1 / 128)
     assert two["test_loss"] == pytest.approx(one["test_loss"], rel=1e-5)
+
+
+HOST = f"""
+import json, sys
+sys.path.insert(0, {str(TESTS)!r})
+from whyconv.training import join_hosts
+join_hosts()
+import jax
+from test_training import CONFIG, tiny_splits
+from whyconv.models import build_model
+from whyconv.training import train_seed
+
+result = train_seed(build_model("cnn", 4, 10, dropout=0.3), tiny_splits(), CONFIG, seed=0)
+print(json.dumps({{"devices": len(jax.devices()), "processes": jax.process_count(), "history": result.history,
+                  "test_loss": result.test_loss, "test_acc": result.test_acc}}))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_through_jax_distributed_train_like_one(unused_tcp_port):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "WHYCONV_DISTRIBUTED": "1",
+           "JAX_COORDINATOR_ADDRESS": f"localhost:{unused_tcp_port}", "JAX_NUM_PROCESSES": "2"}
+    hosts = [subprocess.Popen([sys.executable, "-c", HOST], env={**env, "JAX_PROCESS_ID": str(rank)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outputs = [host.communicate(timeout=300) for host in hosts]
+    assert all(host.returncode == 0 for host in hosts), outputs[0][1][-2000:]
+    one = train_on(1)
+    for stdout, _ in outputs:
+        two = json.loads(stdout.strip().splitlines()[-1])
+        assert (two["devices"], two["processes"]) == (2, 2)
+        # Same tolerance as two devices in one process (measured: identical to 1e-7 relative).
+        for a, b in zip(one["history"], two["history"]):
+            assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+            assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
+        assert two["test_loss"] == pytest.approx(one["test_loss"], rel=1e-5)
+
+
+def test_sweep_runs_exactly_the_training_stages_and_deals_out_every_core():
+    from whyconv.sweep import core_shares, training_stages
+
+    assert training_stages(TESTS.parent / "dvc.yaml") == [
+        "train-mlp", "train-lcn", "train-gconv", "train-cnn", "train-cnn_gap", "skeleton", "permuted", "subset"]
+    for jobs in (1, 2, 3):
+        shares = core_shares(jobs)
+        assert len(shares) == jobs and all(shares)
+        assert set().union(*shares) == os.sched_getaffinity(0)

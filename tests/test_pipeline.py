@@ -49,7 +49,8 @@ def run(cmd: list[str], cwd: Path) -> str:
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
-    """A copy of the repository, with a tiny study on small IDX data, after one `dvc repro`."""
+    """A copy of the repository, with a tiny study on small IDX data, after one `make study`:
+    the training stages two at a time through DVC (whyconv.sweep), then `dvc repro`."""
     repo = tmp_path_factory.mktemp("study")
     for name in TRACKED:
         source = ROOT / name
@@ -63,7 +64,8 @@ def study(tmp_path_factory) -> Path:
     run(["git", "init", "-q"], repo)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "tiny study"], repo)
-    run([str(Path(sys.executable).parent / "dvc"), "repro"], repo)
+    out = run([sys.executable, "-m", "whyconv.sweep", "--jobs", "2"], repo)
+    assert "training stages to run, 2 at a time" in out and "FAILED" not in out
     return repo
 
 

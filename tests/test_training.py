@@ -8,7 +8,8 @@ import pytest
 from conftest import synthetic_images
 from whyconv.data import Meta, Splits
 from whyconv.models import build_model
-from whyconv.training import TrainConfig, epoch_order, evaluate, make_steps, train_seed
+from whyconv.training import (VAL_EVALUATIONS, TrainConfig, epoch_order, evaluate, evaluates_val, make_steps,
+                              train_seed)
 
 
 def tiny_splits(n_train: int = 512) -> Splits:
@@ -76,3 +77,17 @@ def test_shift_augmentation_changes_training_and_keeps_the_final_parameters():
     assert shifted.status == "ok" and shifted.history[0]["train_loss"] != plain.history[0]["train_loss"]
     assert set(shifted.params) == {"Conv_0", "Conv_1", "Dense_0"}  # what the probes read
     assert "params" not in plain.record() and "history" not in plain.record()
+
+
+def test_long_runs_evaluate_val_at_most_ten_times_and_always_last():
+    assert [e for e in range(1, 11) if evaluates_val(e, 10)] == list(range(1, 11))
+    chosen = [e for e in range(1, 144) if evaluates_val(e, 143)]
+    assert len(chosen) <= VAL_EVALUATIONS + 1 and chosen[-1] == 143 and chosen[0] == 15
+
+
+def test_val_is_recorded_only_on_evaluated_epochs():
+    config = TrainConfig(epochs=12, batch_size=256, learning_rate=3e-3, weight_decay=0.05, warmup_epochs=0.5)
+    result = train_seed(build_model("mlp", 8, 10), tiny_splits(), config, seed=0)
+    evaluated = [row["epoch"] for row in result.history if "val_acc" in row]
+    assert evaluated == [2, 4, 6, 8, 10, 12]
+    assert result.val_acc == result.history[-1]["val_acc"]

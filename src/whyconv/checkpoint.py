@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import jax
 from flax import serialization
 
 from whyconv.atomic import atomic_path
@@ -52,6 +53,8 @@ class CheckpointStore:
         return fingerprint({**self.config, "seed": seed})
 
     def save(self, seed: int, state, history: list[dict[str, float]], seconds: float) -> None:
+        if jax.process_index() != 0:  # on several hosts, every process holds the same state: one writes
+            return
         payload = {
             "fingerprint": self._fingerprint(seed),
             "state": serialization.to_state_dict(state),

@@ -17,6 +17,7 @@ import json
 import math
 from pathlib import Path
 
+import jax
 from dvclive import Live
 from flax import serialization
 
@@ -80,6 +81,8 @@ def train_cell(params: Params, splits: Splits, family: str, *, budget: int | Non
         "data": dataclasses.asdict(splits.meta)})
     results = [train_seed(model, splits, config, seed, label=out.name, store=store)
                for seed in params.train.seeds]
+    if jax.process_index() != 0:  # on several hosts, each process trained the same model: one writes
+        return out
     with atomic_path(out) as tmp:
         for result in results:
             folder = tmp / f"seed{result.seed}"

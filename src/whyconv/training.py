@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,16 @@ class TrainConfig:
     warmup_epochs: float
     augment_shift: int = 0  # random shift of each training image, in pixels (0: none)
     eval_batch_size: int = 1000
+
+
+# The validation set is evaluated after at most this many epochs of a run (evenly spaced, always
+# the last): a 143-epoch run on 1,000 images would otherwise spend most of its time evaluating.
+VAL_EVALUATIONS = 10
+
+
+def evaluates_val(epoch: int, epochs: int) -> bool:
+    """Whether `epoch` (1-based) of an `epochs`-long run evaluates the validation set."""
+    return epoch == epochs or epoch % math.ceil(epochs / VAL_EVALUATIONS) == 0
 
 
 @dataclass
@@ -79,11 +90,28 @@ def normalize(images: jnp.ndarray, mean: float, std: float) -> jnp.ndarray:
     return (images.astype(jnp.float32) / 255.0 - mean) / std
 
 
+def join_hosts() -> None:
+    """Join a multi-host run when WHYCONV_DISTRIBUTED=1 (before any other JAX call).
+
+    `jax.distributed.initialize` finds the coordinator and this process's rank on a cluster it
+    knows (SLURM, Open MPI, Kubernetes, Cloud TPU); elsewhere set JAX_COORDINATOR_ADDRESS
+    (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID. Every process then runs the
+    same stage command; `batch_mesh` spans all their devices and process 0 writes the outputs.
+    """
+    if os.environ.get("WHYCONV_DISTRIBUTED") != "1":
+        return
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts; GPUs and TPUs use their own
+    count, rank = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
+    jax.distributed.initialize(num_processes=int(count) if count else None,
+                               process_id=int(rank) if rank else None)
+
+
 def batch_mesh() -> Mesh | None:
-    """A mesh over every local device along the batch axis (data parallelism); None for one device.
+    """A mesh over every device along the batch axis (data parallelism); None for one device.
 
     The same code then runs on one CPU, several GPUs or a TPU host: parameters and data are
-    replicated, each batch is split over the devices, and XLA averages the gradients.
+    replicated, each batch is split over the devices, and XLA averages the gradients. After
+    `jax.distributed.initialize()` (see whyconv.stage) the devices of every host are in it.
     """
     devices = jax.devices()
     return Mesh(np.array(devices), ("batch",)) if len(devices) > 1 else None
@@ -183,6 +211,12 @@ def run_epoch(train_step: Callable, state, images, labels, order: np.ndarray, dr
     return state, float(jnp.mean(jnp.stack(losses))), float(jnp.mean(jnp.stack(accuracies)))
 
 
+def init_params(model: nn.Module, seed: int, image_shape: tuple[int, ...]):
+    """The initial parameters of `seed` (its first key; the second drives dropout)."""
+    init_key, _ = jax.random.split(jax.random.key(seed))
+    return model.init(init_key, jnp.zeros((1, *image_shape)))["params"]
+
+
 def train_seed(
     model: nn.Module,
     splits: Splits,
@@ -191,7 +225,7 @@ def train_seed(
     label: str = "",
     store: CheckpointStore | None = None,
 ) -> SeedResult:
-    """Train one seed for `config.epochs` epochs; evaluate on val every epoch, test at the end.
+    """Train one seed for `config.epochs` epochs; evaluate on val (see `evaluates_val`), test at the end.
 
     With a `store`, the state is saved after every epoch and a matching checkpoint is resumed
     from. A non-finite training loss stops the seed and marks it diverged.
@@ -208,12 +242,9 @@ def train_seed(
     if steps == 0:
         raise ValueError(f"batch size {config.batch_size} is larger than the {n} training images")
     train_step, eval_step = make_steps(model, splits.meta.mean, splits.meta.std, mesh, config.augment_shift)
-    init_key, dropout_key = jax.random.split(jax.random.key(seed))
-    state = train_state.TrainState.create(
-        apply_fn=model.apply,
-        params=model.init(init_key, jnp.zeros((1, *splits.meta.image_shape)))["params"],
-        tx=make_optimizer(config, steps),
-    )
+    _, dropout_key = jax.random.split(jax.random.key(seed))
+    state = train_state.TrainState.create(apply_fn=model.apply, params=init_params(model, seed, splits.meta.image_shape),
+                                          tx=make_optimizer(config, steps))
     history: list[dict[str, float]] = []
     seconds = 0.0
     restored = store.load(seed, state) if store is not None else None
@@ -231,9 +262,11 @@ def train_seed(
             if not math.isfinite(train_loss):
                 result.status, result.diverged_epoch = "diverged", epoch
                 break
-            val_loss, val_acc = evaluate(eval_step, state.params, val_images, val_labels, config.eval_batch_size)
-            history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
-                            "val_loss": val_loss, "val_acc": val_acc})
+            row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc}
+            if evaluates_val(epoch, config.epochs):
+                row["val_loss"], row["val_acc"] = evaluate(eval_step, state.params, val_images, val_labels,
+                                                           config.eval_batch_size)
+            history.append(row)
             seconds += time.perf_counter() - start
             if store is not None:
                 store.save(seed, state, history, seconds)

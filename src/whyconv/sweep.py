@@ -1,0 +1,135 @@
+"""The study with every core busy: the training stages several at a time, through DVC itself.
+
+    python -m whyconv.sweep              # or: make study
+    python -m whyconv.sweep --jobs 1     # one stage at a time, like a plain `dvc repro`
+
+`dvc repro` runs stages one after another, but the training cells do not depend on each other,
+and one cell keeps two cores only partly busy (measured here: two cells at once train 1.1-2x the
+images per second of one; the small convolutions and the FFT barely use a second thread). So,
+as DVC documents for parallel stage execution, each worker runs `dvc repro --single-item
+<stage>` on its own share of the cores; DVC holds its repository lock only around each stage's
+bookkeeping, and `--wait-for-lock` makes a worker wait for it rather than fail. Then one plain
+`dvc repro` runs what is left (probes, tables, report) and confirms that all is up to date.
+
+Each stage's output goes to logs/<stage>.log; the terminal gets one line per stage. A failed
+stage stops new ones from starting, and its log's last lines are printed. Interrupted, the
+finished cells stay cached and a training cell resumes from its last epoch's checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+LOGS = Path("logs")
+TRAINING_SCRIPT = "pipelines/train.py"
+UPSTREAM = "prepare"  # the one stage the training stages depend on
+
+
+def dvc(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dvc", *args]
+
+
+def training_stages(dvc_yaml: Path = Path("dvc.yaml")) -> list[str]:
+    """The stage groups of dvc.yaml that train a cell (their command runs pipelines/train.py)."""
+    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
+    return [name for name, stage in stages.items() if TRAINING_SCRIPT in stage["cmd"]]
+
+
+def stale_stages(groups: Sequence[str]) -> list[str]:
+    """The stages of these groups that `dvc status` finds out of date, in dvc.yaml's order."""
+    listed = run_captured(dvc("stage", "list", "--name-only")).split()
+    status = json.loads(run_captured(dvc("status", "--json")) or "{}")
+    return [name for name in listed if name.split("@")[0] in groups and name in status]
+
+
+def run_captured(cmd: list[str]) -> str:
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"error: {' '.join(cmd[2:])} failed:\n{done.stderr.strip()}")
+    return done.stdout
+
+
+def core_shares(jobs: int) -> list[set[int]]:
+    """This process's cores dealt out to `jobs` workers (round robin; each gets at least one)."""
+    cores = sorted(os.sched_getaffinity(0))
+    return [set(cores[k::jobs]) or {cores[k % len(cores)]} for k in range(jobs)]
+
+
+def default_jobs() -> int:
+    """One worker per core on a CPU; one in all when JAX trains on an accelerator."""
+    import jax
+
+    return len(os.sched_getaffinity(0)) if jax.default_backend() == "cpu" else 1
+
+
+def run_parallel(stages: Sequence[str], jobs: int, logs: Path = LOGS) -> list[str]:
+    """Run each stage in its own `dvc repro`, `jobs` at a time: the stages that failed."""
+    logs.mkdir(exist_ok=True)
+    free_cores = list(core_shares(jobs))
+    lock = threading.Lock()
+    failed: list[str] = []
+    start, done = time.perf_counter(), 0
+
+    def say(text: str) -> None:
+        elapsed = time.perf_counter() - start
+        print(f"[{elapsed / 60:5.1f} min] {text}", flush=True)
+
+    def work(stage: str) -> None:
+        nonlocal done
+        with lock:
+            if failed:  # one failure stops new starts; running stages finish
+                return
+            cores = free_cores.pop()
+        say(f"start {stage}")
+        began = time.perf_counter()
+        log = logs / f"{stage.replace('@', '-')}.log"
+        with log.open("w") as out:
+            code = subprocess.run(dvc("--wait-for-lock", "repro", "--single-item", stage), stdout=out,
+                                  stderr=subprocess.STDOUT, preexec_fn=lambda: os.sched_setaffinity(0, cores)).returncode
+        with lock:
+            free_cores.append(cores)
+            done += 1
+            if code:
+                failed.append(stage)
+        minutes = (time.perf_counter() - began) / 60
+        say(f"{'FAILED' if code else 'done'} {stage} in {minutes:.1f} min ({done}/{len(stages)}; log: {log})")
+        if code:
+            print("".join(log.read_text().splitlines(keepends=True)[-15:]), file=sys.stderr, flush=True)
+
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(work, stages))
+    return failed
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", "-j", type=int, default=None,
+                        help="training stages at a time (default: one per core on a CPU, 1 on an accelerator)")
+    args = parser.parse_args(argv)
+    jobs = args.jobs or default_jobs()
+    if jobs < 1:
+        parser.error("--jobs must be at least 1")
+    # What every training stage reads (the prepared data) comes first, once.
+    if subprocess.run(dvc("repro", UPSTREAM)).returncode:
+        sys.exit(1)
+    stages = stale_stages(training_stages())
+    print(f"{len(stages)} training stages to run, {jobs} at a time", flush=True)
+    failed = run_parallel(stages, jobs)
+    if failed:
+        sys.exit(f"error: {len(failed)} stage(s) failed: {', '.join(failed)}; see logs/ for each")
+    sys.exit(subprocess.run(dvc("repro")).returncode)
+
+
+if __name__ == "__main__":
+    main()
