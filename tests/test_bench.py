@@ -1,10 +1,13 @@
 """The benchmark's arithmetic and its PyTorch twins (the figures themselves are not tested)."""
 
+import jax
+import numpy as np
 import pytest
 
-from whyconv.bench import BENCH_FAMILIES, FASHION, bench_jax, markdown
+from whyconv.bench import FASHION, bench_jax, markdown
+from whyconv.capacity import param_count, spatial_sizes
 from whyconv.compute import forward_flops, train_flops
-from whyconv.capacity import param_count
+from whyconv.models import FAMILIES, build_model
 
 
 def test_flops_follow_the_layers():
@@ -20,7 +23,41 @@ def test_jax_measurement_runs():
     assert compile_seconds > 0 and images_per_second > 0 and memory_mb > 0
 
 
-@pytest.mark.parametrize("family", BENCH_FAMILIES)
+def torch_layout(name: str, kernel: np.ndarray, flat_from: tuple[int, ...] | None) -> np.ndarray:
+    """A Flax kernel in its PyTorch twin's layout."""
+    if name.startswith("Dense"):
+        if flat_from is not None:  # Flax flattens (h, w, c); PyTorch (c, h, w)
+            kernel = kernel.reshape(*flat_from, -1).transpose(2, 0, 1, 3).reshape(kernel.shape)
+        return kernel.T
+    if name.startswith("LocallyConnected"):  # patches are ordered (channel, row, column) in both
+        return kernel.reshape(-1, *kernel.shape[2:])
+    return kernel.transpose(3, 2, 0, 1)  # Conv and CircularConv: (..., in, out) -> (out, in, ...)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_torch_twins_compute_what_the_flax_models_compute(family):
+    torch = pytest.importorskip("torch", reason="PyTorch is the bench extra")
+    from whyconv.torch_models import build_torch_model
+
+    x = np.random.default_rng(0).normal(size=(4, 28, 28, 1)).astype(np.float32)
+    model = build_model(family, 3, 10)
+    params = model.init(jax.random.key(0), x)["params"]
+    twin = build_torch_model(family, 3, FASHION)
+    flat_from = None if family in ("mlp", "cnn_gap") else (*spatial_sizes(FASHION)[-1], 3 * 2 ** (FASHION.depth - 1))
+    # The twin's order: spatial layers, then dense ones, each by index.
+    layers = sorted(params, key=lambda name: (name.startswith("Dense"), int(name.rsplit("_", 1)[1])))
+    weights = [p for p in twin.parameters()]
+    assert len(weights) == 2 * len(layers)
+    with torch.no_grad():
+        for name, weight, bias in zip(layers, weights[::2], weights[1::2]):
+            weight.copy_(torch.from_numpy(np.ascontiguousarray(torch_layout(name, np.asarray(params[name]["kernel"]), flat_from))))
+            b = np.array(params[name]["bias"])
+            bias.copy_(torch.from_numpy(b.transpose(2, 0, 1) if b.ndim == 3 else b).reshape(bias.shape))
+        out = twin(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    np.testing.assert_allclose(out, np.asarray(model.apply({"params": params}, x)), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_torch_twins_have_the_same_parameter_count(family):
     torch = pytest.importorskip("torch", reason="PyTorch is the bench extra")
     from whyconv.torch_models import build_torch_model

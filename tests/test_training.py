@@ -2,6 +2,7 @@
 
 import math
 
+import jax
 import numpy as np
 import pytest
 
@@ -91,3 +92,15 @@ def test_val_is_recorded_only_on_evaluated_epochs():
     evaluated = [row["epoch"] for row in result.history if "val_acc" in row]
     assert evaluated == [2, 4, 6, 8, 10, 12]
     assert result.val_acc == result.history[-1]["val_acc"]
+
+
+def test_seeds_after_the_first_compile_nothing():
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, seconds, **kw: compiles.append(event) if event == "/jax/core/compile/backend_compile_duration" else None)
+    model = build_model("mlp", 8, 10)
+    train_seed(model, tiny_splits(), CONFIG, seed=0)
+    first = len(compiles)
+    for seed in (1, 2):
+        train_seed(model, tiny_splits(), CONFIG, seed=seed)
+    assert first > 0 and len(compiles) == first

@@ -56,7 +56,7 @@ def stale_stages(groups: Sequence[str]) -> list[str]:
 def run_captured(cmd: list[str]) -> str:
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
-        sys.exit(f"error: {' '.join(cmd[2:])} failed:\n{done.stderr.strip()}")
+        sys.exit(f"error: {' '.join(cmd[1:])} failed:\n{done.stderr.strip()}")
     return done.stdout
 
 
@@ -67,10 +67,13 @@ def core_shares(jobs: int) -> list[set[int]]:
 
 
 def default_jobs() -> int:
-    """One worker per core on a CPU; one in all when JAX trains on an accelerator."""
-    import jax
+    """One worker per core on a CPU; one in all when JAX trains on an accelerator.
 
-    return len(os.sched_getaffinity(0)) if jax.default_backend() == "cpu" else 1
+    JAX is asked in a child process: this one forks the workers, and JAX's threads must not be
+    running in a process that forks.
+    """
+    backend = run_captured([sys.executable, "-c", "import jax; print(jax.default_backend())"]).strip()
+    return len(os.sched_getaffinity(0)) if backend == "cpu" else 1
 
 
 def run_parallel(stages: Sequence[str], jobs: int, logs: Path = LOGS) -> list[str]:

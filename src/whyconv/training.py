@@ -77,6 +77,9 @@ class SeedResult:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("history", "params")}
 
 
+# Cached: the optimizer is part of the train state's structure, so a new (if equal) one per seed
+# would make jit compile the train step again for every seed.
+@functools.cache
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
     """AdamW with a linear warmup and a cosine decay to zero over the whole run."""
     total = config.epochs * steps_per_epoch
