@@ -88,3 +88,13 @@ def test_sweep_runs_exactly_the_training_stages_and_deals_out_every_core():
         shares = core_shares(jobs)
         assert len(shares) == jobs and all(shares)
         assert set().union(*shares) == os.sched_getaffinity(0)
+
+
+def test_sweep_stops_starting_stages_after_a_failure(tmp_path, monkeypatch, capsys):
+    from whyconv.sweep import run_parallel
+
+    monkeypatch.chdir(tmp_path)  # not a DVC repository: every `dvc repro` fails
+    failed = run_parallel(["first", "second", "third"], jobs=1, logs=tmp_path / "logs")
+    assert failed == ["first"]
+    assert [p.name for p in (tmp_path / "logs").iterdir()] == ["first.log"]
+    assert "FAILED first" in capsys.readouterr().out
