@@ -526,7 +526,8 @@ def cost_section(results: pd.DataFrame) -> str:
                           "training minutes": (seconds["sum"] / 60).map("{:.1f}".format)})
     total = results["train_seconds"].sum() / 60
     return ("Training time per part, summed over its runs (epochs and validation; compilation, data "
-            f"loading and the probes come on top). Total: {total:.1f} minutes.\n\n" + table.to_markdown(index=False))
+            f"loading and the probes come on top). Total: {total:.1f} minutes of training; `make study` "
+            "runs one training stage per core at once, so its wall time is shorter.\n\n" + table.to_markdown(index=False))
 
 
 def families_table(setup: dict) -> str:
