@@ -26,15 +26,18 @@ import numpy as np
 import optax
 
 from whyconv.atomic import write_text
-from whyconv.capacity import Skeleton, solve_width
+from whyconv.capacity import Match, Skeleton, solve_width
 from whyconv.compute import train_flops
 from whyconv.models import FAMILIES, build_model
 
 FASHION = Skeleton((28, 28, 1), 10)
 BUDGETS = (10_000, 100_000, 1_000_000)
-# The nearest width, even when it misses a budget by more than the study allows (GConv's widths
-# jump from 8,839 to 13,350 parameters around 10k): the table lists the actual count.
-BUDGET_TOLERANCE = 0.5
+
+
+def width_near(family: str, budget: int) -> Match:
+    """The nearest width, even when it misses the budget by more than the study allows (GConv's
+    widths jump from 8,839 to 13,350 parameters around 10k): the table lists the actual count."""
+    return solve_width(family, budget, FASHION, tolerance=0.5)
 
 
 def timed(step: Callable[[], object], seconds: float, min_steps: int = 5) -> float:
@@ -186,7 +189,7 @@ def run(seconds: float, batch: int, budgets: tuple[int, ...]) -> dict:
     rows = []
     for family in FAMILIES:
         for budget in budgets:
-            match = solve_width(family, budget, FASHION, BUDGET_TOLERANCE)
+            match = width_near(family, budget)
             compile_s, ips, mb = bench_jax(family, match.width, batch, seconds)
             step_flops = train_flops(family, match.width, FASHION, batch)
             gflops = step_flops * ips / batch / 1e9
@@ -197,7 +200,7 @@ def run(seconds: float, batch: int, budgets: tuple[int, ...]) -> dict:
                       None if torch_ips is None else round(ips / torch_ips, 2))
             print(row, flush=True)
             rows.append(row)
-    seeds = {family: bench_seeds(family, solve_width(family, 100_000, FASHION, BUDGET_TOLERANCE).width, batch, 3, seconds)
+    seeds = {family: bench_seeds(family, width_near(family, 100_000).width, batch, 3, seconds)
              for family in FAMILIES}
     print("seeds at 100k:", seeds, flush=True)
     return {"machine": {"processor": platform.processor() or platform.machine(),
