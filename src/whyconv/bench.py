@@ -29,6 +29,7 @@ from whyconv.atomic import write_text
 from whyconv.capacity import Match, Skeleton, solve_width
 from whyconv.compute import train_flops
 from whyconv.models import FAMILIES, build_model
+from whyconv.training import compiler_options
 
 FASHION = Skeleton((28, 28, 1), 10)
 BUDGETS = (10_000, 100_000, 1_000_000)
@@ -54,7 +55,7 @@ def timed(step: Callable[[], object], seconds: float, min_steps: int = 5) -> flo
 def matmul_peak(seconds: float = 1.0) -> float:
     """float32 GFLOP/s of the best square matmul (random data): the reference for every share below."""
     sizes = (1024, 2048, 4096) if jax.default_backend() == "cpu" else (4096, 8192, 16384)
-    f = jax.jit(lambda x: x @ x)
+    f = jax.jit(lambda x: x @ x, compiler_options=compiler_options())
     best = 0.0
     for n in sizes:
         a = jax.random.normal(jax.random.key(n), (n, n), jnp.float32)
@@ -83,8 +84,9 @@ def jax_step(family: str, width: int, batch: int, seeds: int = 1, together: bool
 
     keys = jax.random.split(jax.random.key(0), seeds)
     if together:
-        return jax.jit(jax.vmap(step, in_axes=(0, 0, None, None))), [jax.vmap(init)(keys)], x, y
-    return jax.jit(step), [init(k) for k in keys], x, y
+        return (jax.jit(jax.vmap(step, in_axes=(0, 0, None, None)), compiler_options=compiler_options()),
+                [jax.vmap(init)(keys)], x, y)
+    return jax.jit(step, compiler_options=compiler_options()), [init(k) for k in keys], x, y
 
 
 @dataclass

@@ -52,6 +52,17 @@ class TrainConfig:
 VAL_EVALUATIONS = 10
 
 
+# XLA's CPU backend hands convolutions, reductions and elementwise work to YNNPACK by default;
+# with only the matrix products going there, and convolutions to XLA's own (Eigen) kernels, the
+# CNNs train 1.2-1.6x faster on two threads and up to 1.4x on one core (README, "Performance").
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+def compiler_options() -> dict[str, str] | None:
+    """XLA options for the jitted steps on this backend (CPU only; accelerators take the defaults)."""
+    return CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+
+
 def evaluates_val(epoch: int, epochs: int) -> bool:
     """Whether `epoch` (1-based) of an `epochs`-long run evaluates the validation set."""
     return epoch == epochs or epoch % math.ceil(epochs / VAL_EVALUATIONS) == 0
@@ -125,8 +136,9 @@ def make_steps(model: nn.Module, mean: float, std: float, mesh: Mesh | None = No
                augment_shift: int = 0) -> tuple[Callable, Callable]:
     """The jitted train step and eval step of `model`.
 
-    Both take the whole split as a device array and index it inside the step, so the host
-    does no per-step work beyond sending one row of indices. With a `mesh`, each gathered batch
+    Both take the whole split as a device array and index it inside the step; the train step
+    also takes the epoch's whole batch order (sent once per epoch) and picks its row inside, so
+    the host sends nothing per step but the step number. With a `mesh`, each gathered batch
     is split over its devices. With `augment_shift`, each training image is shifted at random
     by up to that many pixels (zero fill) inside the step.
     """
@@ -144,10 +156,10 @@ def make_steps(model: nn.Module, mean: float, std: float, mesh: Mesh | None = No
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
         return losses, logits.argmax(-1) == labels
 
-    def train_step(state: train_state.TrainState, images, labels, batch_index, dropout_key):
+    def train_step(state: train_state.TrainState, images, labels, order, step_in_epoch, dropout_key):
         def loss_fn(params):
             key = jax.random.fold_in(dropout_key, state.step)
-            x, y = gather(images, labels, batch_index)
+            x, y = gather(images, labels, order[step_in_epoch])
             if augment_shift:
                 key, shift_key = jax.random.split(key)
                 x = random_shifts(x, shift_key, augment_shift)
@@ -162,7 +174,9 @@ def make_steps(model: nn.Module, mean: float, std: float, mesh: Mesh | None = No
         losses, correct = loss_and_accuracy(params, *gather(images, labels, batch_index))
         return (losses * weight).sum(), (correct * weight).sum()
 
-    return jax.jit(train_step, donate_argnums=0), jax.jit(eval_step)
+    options = compiler_options()
+    return (jax.jit(train_step, donate_argnums=0, compiler_options=options),
+            jax.jit(eval_step, compiler_options=options))
 
 
 def evaluate(eval_step: Callable, params, images, labels, batch_size: int) -> tuple[float, float]:
@@ -195,11 +209,11 @@ def run_epoch(train_step: Callable, state, images, labels, order: np.ndarray, dr
     epoch at once, and the caller sees a non-finite mean.
     """
     batch_size = order.shape[1]
-    order = jnp.asarray(order)
+    order = jnp.asarray(order)  # once per epoch: a slice per step would cost a dispatch per step
     losses, accuracies = [], []
     start = time.perf_counter()
     for i in range(len(order)):
-        state, loss, accuracy = train_step(state, images, labels, order[i], dropout_key)
+        state, loss, accuracy = train_step(state, images, labels, order, i, dropout_key)
         losses.append(loss)
         accuracies.append(accuracy)
         progress.update(1)
