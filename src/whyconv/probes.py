@@ -25,12 +25,13 @@ from numpy.lib.stride_tricks import sliding_window_view
 from scipy.optimize import linear_sum_assignment
 
 from whyconv.controls import shift_images
-from whyconv.training import normalize
+from whyconv.training import compiler_options, normalize
 
 
 @functools.cache
 def predictor(model: nn.Module, mean: float, std: float) -> Callable:
-    return jax.jit(lambda params, images: model.apply({"params": params}, normalize(images, mean, std)).argmax(-1))
+    return jax.jit(lambda params, images: model.apply({"params": params}, normalize(images, mean, std)).argmax(-1),
+                   compiler_options=compiler_options())
 
 
 def accuracy(predict: Callable, params, images: jnp.ndarray, labels: np.ndarray, batch_size: int = 1000) -> float:
