@@ -125,7 +125,7 @@ def batch_mesh() -> Mesh | None:
 
     The same code then runs on one CPU, several GPUs or a TPU host: parameters and data are
     replicated, each batch is split over the devices, and XLA averages the gradients. After
-    `jax.distributed.initialize()` (see whyconv.stage) the devices of every host are in it.
+    `join_hosts()` (jax.distributed) the devices of every host are in it.
     """
     devices = jax.devices()
     return Mesh(np.array(devices), ("batch",)) if len(devices) > 1 else None
