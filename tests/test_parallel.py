@@ -98,3 +98,36 @@ def test_sweep_stops_starting_stages_after_a_failure(tmp_path, monkeypatch, caps
     assert failed == ["first"]
     assert [p.name for p in (tmp_path / "logs").iterdir()] == ["first.log"]
     assert "FAILED first" in capsys.readouterr().out
+
+
+def test_sweep_plans_stale_stages_and_their_downstream_from_the_dag():
+    from whyconv.sweep import stages_to_run, upstream_stages
+
+    dot = ('strict digraph {\n"prepare";\n"train@a";\n"prepare" -> "train@a";\n"prepare" -> "train@b";\n'
+           '"train@a" -> "probe";\n"train@a" -> "aggregate";\n"train@b" -> "aggregate";\n'
+           '"probe" -> "report";\n"aggregate" -> "report";\n}\n')
+    upstream = upstream_stages(dot)
+    assert upstream["report"] == {"probe", "aggregate"} and upstream["train@a"] == {"prepare"}
+    listed = ["prepare", "train@a", "train@b", "probe", "aggregate", "report"]
+    assert stages_to_run(listed, {"train@b"}, upstream) == ["train@b", "aggregate", "report"]
+    assert stages_to_run(listed, set(), upstream) == []
+
+
+def test_sweep_starts_a_stage_after_its_upstream_and_ahead_of_training(tmp_path, monkeypatch):
+    import whyconv.sweep as sweep
+
+    order = tmp_path / "order.txt"
+    # Each "stage" appends its name to order.txt at its start and end, with a pause in between.
+    monkeypatch.setattr(sweep, "dvc", lambda *args: [
+        "sh", "-c", f"echo start {args[-1]} >> {order}; sleep 0.2; echo end {args[-1]} >> {order}"])
+    upstream = {"probe": {"train@a"}, "report": {"probe", "train@b", "train@c"}}
+    stages = ["train@a", "train@b", "train@c", "probe", "report"]
+    assert sweep.run_parallel(stages, jobs=1, logs=tmp_path / "logs", upstream=upstream, training=["train"]) == []
+    starts = [line.split()[1] for line in order.read_text().splitlines() if line.startswith("start")]
+    assert starts == ["train@a", "probe", "train@b", "train@c", "report"]
+
+    order.unlink()
+    assert sweep.run_parallel(stages, jobs=2, logs=tmp_path / "logs", upstream=upstream, training=["train"]) == []
+    events = order.read_text().splitlines()
+    for stage, before in upstream.items():
+        assert all(events.index(f"end {b}") < events.index(f"start {stage}") for b in before)

@@ -65,7 +65,7 @@ def study(tmp_path_factory) -> Path:
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "tiny study"], repo)
     out = run([sys.executable, "-m", "whyconv.sweep", "--jobs", "2"], repo)
-    assert "training stages to run, 2 at a time" in out and "FAILED" not in out
+    assert "training stages), 2 at a time" in out and "FAILED" not in out
     return repo
 
 

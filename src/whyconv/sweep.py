@@ -8,8 +8,11 @@ and one cell keeps two cores only partly busy (measured here: two cells at once 
 images per second of one; the small convolutions and the FFT barely use a second thread). So,
 as DVC documents for parallel stage execution, each worker runs `dvc repro --single-item
 <stage>` on its own share of the cores; DVC holds its repository lock only around each stage's
-bookkeeping, and `--wait-for-lock` makes a worker wait for it rather than fail. Then one plain
-`dvc repro` runs what is left (probes, tables, report) and confirms that all is up to date.
+bookkeeping, and `--wait-for-lock` makes a worker wait for it rather than fail. The stages after
+training (probe, tables, report) go through the same workers: each starts once every stage it
+depends on (`dvc dag`) is done, ahead of any training stage, so the probe of the budget cells runs
+beside the last control cells rather than after them. A last plain `dvc repro` confirms that all
+is up to date.
 
 Each stage's output goes to logs/<stage>.log; the terminal gets one line per stage. A failed
 stage stops new ones from starting, and its log's last lines are printed. Interrupted, the
@@ -21,12 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import yaml
@@ -46,11 +50,32 @@ def training_stages(dvc_yaml: Path = Path("dvc.yaml")) -> list[str]:
     return [name for name, stage in stages.items() if TRAINING_SCRIPT in stage["cmd"]]
 
 
-def stale_stages(groups: Sequence[str]) -> list[str]:
-    """The stages of these groups that `dvc status` finds out of date, in dvc.yaml's order."""
+def upstream_stages(dag_dot: str) -> dict[str, set[str]]:
+    """Each stage's direct upstream stages, from the edges of `dvc dag --dot`."""
+    upstream = defaultdict(set)
+    for before, after in re.findall(r'^"(.+)" -> "(.+)";$', dag_dot, re.MULTILINE):
+        upstream[after].add(before)
+    return dict(upstream)
+
+
+def stages_to_run(listed: Sequence[str], stale: set[str], upstream: Mapping[str, set[str]]) -> list[str]:
+    """The stale stages and every stage downstream of one, in `listed`'s (dvc.yaml's) order.
+
+    Downstream stages are included even when `dvc status` does not flag them yet: their inputs
+    change once the stale stages have run.
+    """
+    chosen = set(stale)
+    while grown := {s for s in listed if s not in chosen and upstream.get(s, set()) & chosen}:
+        chosen |= grown
+    return [s for s in listed if s in chosen]
+
+
+def plan() -> tuple[list[str], dict[str, set[str]]]:
+    """What `dvc repro` would run after `prepare`, and each stage's upstream stages."""
     listed = run_captured(dvc("stage", "list", "--name-only")).split()
-    status = json.loads(run_captured(dvc("status", "--json")) or "{}")
-    return [name for name in listed if name.split("@")[0] in groups and name in status]
+    stale = set(json.loads(run_captured(dvc("status", "--json")) or "{}"))
+    upstream = upstream_stages(run_captured(dvc("dag", "--dot")))
+    return [s for s in stages_to_run(listed, stale, upstream) if s != UPSTREAM], upstream
 
 
 def run_captured(cmd: list[str]) -> str:
@@ -76,11 +101,19 @@ def default_jobs() -> int:
     return len(os.sched_getaffinity(0)) if backend == "cpu" else 1
 
 
-def run_parallel(stages: Sequence[str], jobs: int, logs: Path = LOGS) -> list[str]:
-    """Run each stage in its own `dvc repro`, `jobs` at a time: the stages that failed."""
+def run_parallel(stages: Sequence[str], jobs: int, logs: Path = LOGS,
+                 upstream: Mapping[str, set[str]] | None = None, training: Sequence[str] = ()) -> list[str]:
+    """Run each stage in its own `dvc repro`, `jobs` at a time: the stages that failed.
+
+    A stage starts once none of its `upstream` stages is still to run; of the stages ready, the
+    first in `stages` that is not a `training` group goes first, then the first training stage.
+    """
     logs.mkdir(exist_ok=True)
+    upstream = upstream or {}
     free_cores = list(core_shares(jobs))
-    lock = threading.Lock()
+    ready_or_done = threading.Condition()
+    pending = sorted(stages, key=lambda s: s.split("@")[0] in training)  # stable: keeps the order
+    running: set[str] = set()
     failed: list[str] = []
     start, done = time.perf_counter(), 0
 
@@ -88,11 +121,28 @@ def run_parallel(stages: Sequence[str], jobs: int, logs: Path = LOGS) -> list[st
         elapsed = time.perf_counter() - start
         print(f"[{elapsed / 60:5.1f} min] {text}", flush=True)
 
+    def next_ready() -> str | None:
+        waiting = set(pending) | running
+        return next((s for s in pending if not upstream.get(s, set()) & waiting), None)
+
+    def worker() -> None:
+        while (stage := take()) is not None:
+            work(stage)
+
+    def take() -> str | None:
+        with ready_or_done:
+            # One failure stops new starts (running stages finish); so does an empty queue.
+            while not failed and pending and (stage := next_ready()) is None:
+                ready_or_done.wait()
+            if failed or not pending:
+                return None
+            pending.remove(stage)
+            running.add(stage)
+            return stage
+
     def work(stage: str) -> None:
         nonlocal done
-        with lock:
-            if failed:  # one failure stops new starts; running stages finish
-                return
+        with ready_or_done:
             cores = free_cores.pop()
         say(f"start {stage}")
         began = time.perf_counter()
@@ -100,18 +150,23 @@ def run_parallel(stages: Sequence[str], jobs: int, logs: Path = LOGS) -> list[st
         with log.open("w") as out:
             code = subprocess.run(dvc("--wait-for-lock", "repro", "--single-item", stage), stdout=out,
                                   stderr=subprocess.STDOUT, preexec_fn=lambda: os.sched_setaffinity(0, cores)).returncode
-        with lock:
+        with ready_or_done:
             free_cores.append(cores)
+            running.discard(stage)
             done += 1
             if code:
                 failed.append(stage)
+            ready_or_done.notify_all()
         minutes = (time.perf_counter() - began) / 60
         say(f"{'FAILED' if code else 'done'} {stage} in {minutes:.1f} min ({done}/{len(stages)}; log: {log})")
         if code:
             print("".join(log.read_text().splitlines(keepends=True)[-15:]), file=sys.stderr, flush=True)
 
-    with ThreadPoolExecutor(jobs) as pool:
-        list(pool.map(work, stages))
+    workers = [threading.Thread(target=worker) for _ in range(jobs)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
     return failed
 
 
@@ -126,9 +181,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     # What every training stage reads (the prepared data) comes first, once.
     if subprocess.run(dvc("repro", UPSTREAM)).returncode:
         sys.exit(1)
-    stages = stale_stages(training_stages())
-    print(f"{len(stages)} training stages to run, {jobs} at a time", flush=True)
-    failed = run_parallel(stages, jobs)
+    stages, upstream = plan()
+    training = training_stages()
+    trains = sum(s.split("@")[0] in training for s in stages)
+    print(f"{len(stages)} stages to run ({trains} training stages), {jobs} at a time", flush=True)
+    failed = run_parallel(stages, jobs, upstream=upstream, training=training)
     if failed:
         sys.exit(f"error: {len(failed)} stage(s) failed: {', '.join(failed)}; see logs/ for each")
     sys.exit(subprocess.run(dvc("repro")).returncode)
