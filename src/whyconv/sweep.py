@@ -126,10 +126,11 @@ def run_parallel(stages: Sequence[str], jobs: int, logs: Path = LOGS,
         return next((s for s in pending if not upstream.get(s, set()) & waiting), None)
 
     def worker() -> None:
-        while (stage := take()) is not None:
-            work(stage)
+        while (taken := take()) is not None:
+            work(*taken)
 
-    def take() -> str | None:
+    def take() -> tuple[str, set[int]] | None:
+        """The next stage to run and the cores to run it on; None when there is none."""
         with ready_or_done:
             # One failure stops new starts (running stages finish); so does an empty queue.
             while not failed and pending and (stage := next_ready()) is None:
@@ -138,12 +139,10 @@ def run_parallel(stages: Sequence[str], jobs: int, logs: Path = LOGS,
                 return None
             pending.remove(stage)
             running.add(stage)
-            return stage
+            return stage, free_cores.pop()
 
-    def work(stage: str) -> None:
+    def work(stage: str, cores: set[int]) -> None:
         nonlocal done
-        with ready_or_done:
-            cores = free_cores.pop()
         say(f"start {stage}")
         began = time.perf_counter()
         log = logs / f"{stage.replace('@', '-')}.log"
