@@ -76,3 +76,6 @@ def test_markdown_table_lists_every_row():
               "rows": [row], "seeds_at_100k_images_per_second": {"cnn": {"together": 1, "one_by_one": 2}}}
     text = markdown(result)
     assert "| CNN | 10,000 | 9 | 10,396 |" in text and "n/a" in text
+    assert "Processor" not in text  # results from before the cores were recorded
+    result["machine"].update(processor="AMD EPYC", cores=1, machine_cores=2)
+    assert "- Processor: AMD EPYC; ran on 1 of its 2 cores" in markdown(result)

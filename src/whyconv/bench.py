@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -185,6 +186,24 @@ def bench_torch(family: str, width: int, batch: int, seconds: float) -> float | 
     return batch * calls / (time.perf_counter() - start)
 
 
+def processor_name() -> str:
+    """The CPU's model name (Linux reports it in /proc/cpuinfo; platform.processor() is often empty)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cores_used() -> tuple[int, int]:
+    """(cores this process may run on, cores the machine has): `taskset -c 0 make bench` gives
+    (1, n), the share one sweep worker gets; XLA and PyTorch size their thread pools to the first."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return usable, os.cpu_count() or usable
+
+
 def run(seconds: float, batch: int, budgets: tuple[int, ...]) -> dict:
     peak = matmul_peak()
     print(f"float32 matmul peak: {peak:.0f} GFLOP/s", flush=True)
@@ -205,7 +224,8 @@ def run(seconds: float, batch: int, budgets: tuple[int, ...]) -> dict:
     seeds = {family: bench_seeds(family, width_near(family, 100_000).width, batch, 3, seconds)
              for family in FAMILIES}
     print("seeds at 100k:", seeds, flush=True)
-    return {"machine": {"processor": platform.processor() or platform.machine(),
+    usable, total = cores_used()
+    return {"machine": {"processor": processor_name(), "cores": usable, "machine_cores": total,
                         "devices": [f"{d} ({d.device_kind})" for d in jax.devices()], "jax": jax.__version__},
             "batch_size": batch, "matmul_peak_gflops": round(peak, 1),
             "rows": [asdict(r) for r in rows],
@@ -220,6 +240,7 @@ def markdown(result: dict) -> str:
         "",
         f"- Devices: {', '.join(result['machine']['devices'])}; JAX {result['machine']['jax']}; "
         f"batch {result['batch_size']}, AdamW, float32.",
+        *cores_line(result["machine"]),
         f"- float32 matmul peak: **{result['matmul_peak_gflops']:,.0f} GFLOP/s** (the best square matmul "
         "through JAX at its default precision; the reference for 'share of peak').",
         "- FLOPs are analytic: three forward passes per training step. An LCN does the same arithmetic",
@@ -241,6 +262,14 @@ def markdown(result: dict) -> str:
     for family, s in result["seeds_at_100k_images_per_second"].items():
         lines.append(f"| {family.upper()} | {s['together']:,} | {s['one_by_one']:,} |")
     return "\n".join(lines) + "\n"
+
+
+def cores_line(machine: dict) -> list[str]:
+    """The processor and the cores the run had, when recorded (older results lack them)."""
+    if "cores" not in machine:
+        return []
+    return [f"- Processor: {machine['processor']}; ran on {machine['cores']} of its {machine['machine_cores']} "
+            "cores (the peak below is theirs too)."]
 
 
 def main() -> None:
