@@ -119,7 +119,10 @@ def run_parallel(stages: Sequence[str], jobs: int, logs: Path = LOGS,
 
     def say(text: str) -> None:
         elapsed = time.perf_counter() - start
-        print(f"[{elapsed / 60:5.1f} min] {text}", flush=True)
+        # One write per line: print() writes the text and its newline separately, and two workers'
+        # lines interleaved ("done a[ 80.1 min] start b").
+        sys.stdout.write(f"[{elapsed / 60:5.1f} min] {text}\n")
+        sys.stdout.flush()
 
     def next_ready() -> str | None:
         waiting = set(pending) | running
