@@ -24,6 +24,11 @@ def test_locally_connected_equals_flax_conv_local(shape, features, kernel, strid
     params = jax.tree.map(lambda p: jax.random.normal(jax.random.key(2), p.shape), params)  # non-zero bias too
     fast = LocallyConnected(features, kernel, stride)
     np.testing.assert_allclose(fast.apply(params, x), reference.apply(params, x), atol=1e-5, rtol=1e-5)
+    # Training uses the backward pass too: gradients with respect to the parameters and the input.
+    cotangent = jax.random.normal(jax.random.key(3), reference.apply(params, x).shape)
+    grads = [jax.grad(lambda p, x: (m.apply(p, x) * cotangent).sum(), argnums=(0, 1))(params, x)
+             for m in (fast, reference)]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4), *grads)
     # Same parameter layout, so the two are interchangeable.
     assert jax.tree.map(np.shape, fast.init(jax.random.key(1), x)) == jax.tree.map(np.shape, params)
 

