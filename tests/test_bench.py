@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from whyconv.bench import FASHION, bench_jax, markdown
+from whyconv.bench import FASHION, bench_jax, lcn_products_seconds, markdown
 from whyconv.capacity import param_count, spatial_sizes
 from whyconv.compute import forward_flops, train_flops
 from whyconv.models import FAMILIES, build_model
@@ -21,6 +21,16 @@ def test_flops_follow_the_layers():
 def test_jax_measurement_runs():
     compile_seconds, images_per_second, memory_mb = bench_jax("mlp", 4, 8, seconds=0.01)
     assert compile_seconds > 0 and images_per_second > 0 and memory_mb > 0
+
+
+def test_lcn_products_are_timed_for_every_layer(monkeypatch):
+    import whyconv.bench as bench
+
+    shapes = []
+    monkeypatch.setattr(bench, "timed", lambda call, seconds: shapes.append(jax.tree.map(np.shape, call())) or 1.0)
+    assert lcn_products_seconds(3, 8, seconds=0.01) == 2.0  # one timing per spatial layer
+    # (output, kernel gradient, input gradient): the image needs none; the second layer's input does.
+    assert shapes == [((14, 14, 3, 8), (14, 14, 9, 3), None), ((7, 7, 6, 8), (7, 7, 27, 6), (7, 7, 27, 8))]
 
 
 def torch_layout(name: str, kernel: np.ndarray, flat_from: tuple[int, ...] | None) -> np.ndarray:
@@ -77,5 +87,8 @@ def test_markdown_table_lists_every_row():
     text = markdown(result)
     assert "| CNN | 10,000 | 9 | 10,396 |" in text and "n/a" in text
     assert "Processor" not in text  # results from before the cores were recorded
+    assert "products alone" not in text  # nor the LCN's products
+    result["lcn_products"] = {"100000": {"width": 9, "products_ms_per_step": 1.36, "best_share_of_peak": 0.54}}
+    assert "| 100,000 | 9 | 1.36 | 54% |" in markdown(result)
     result["machine"].update(processor="AMD EPYC", cores=1, machine_cores=2)
     assert "- Processor: AMD EPYC; ran on 1 of its 2 cores" in markdown(result)

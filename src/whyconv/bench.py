@@ -6,7 +6,8 @@ On the machine at hand it measures the float32 matmul peak, then for every famil
 parameter budgets: first-step compile time, steady-state training throughput, analytic FLOPs
 per step, achieved GFLOP/s and its share of the peak, XLA's memory estimate, and the same
 architecture trained the same way in PyTorch (when installed: the `bench` extra). It also
-times seeds trained together (vmap) against one after another. Results go to
+times the LCN's matrix products alone (the most of the peak an LCN step could reach) and seeds
+trained together (vmap) against one after another. Results go to
 reports/benchmarks.md and reports/benchmarks.json. This is not a test: it reports figures.
 """
 
@@ -27,9 +28,9 @@ import numpy as np
 import optax
 
 from whyconv.atomic import write_text
-from whyconv.capacity import Match, Skeleton, solve_width
+from whyconv.capacity import Match, Skeleton, solve_width, spatial_sizes
 from whyconv.compute import train_flops
-from whyconv.models import FAMILIES, build_model
+from whyconv.models import FAMILIES, build_model, per_position_product
 from whyconv.training import compiler_options
 
 FASHION = Skeleton((28, 28, 1), 10)
@@ -186,6 +187,32 @@ def bench_torch(family: str, width: int, batch: int, seconds: float) -> float | 
     return batch * calls / (time.perf_counter() - start)
 
 
+def lcn_products_seconds(width: int, batch: int, seconds: float) -> float:
+    """Seconds per training step that an LCN of this width spends in its layers' matrix products
+    alone: each layer's per-position product forward, and backward its kernel's gradient and (past
+    the first layer, whose input is the image) its input's, timed as XLA compiles them on their own.
+
+    Everything else in a step (patches, activations, the classifier, the optimizer) takes time on
+    top, so a step's FLOPs over this time bound the share of the peak any LCN step can reach here.
+    """
+    total, in_channels = 0.0, FASHION.image_shape[2]
+    rng = np.random.default_rng(0)
+    for layer, (out_h, out_w) in enumerate(spatial_sizes(FASHION)):
+        out_channels, patch = width * 2**layer, FASHION.kernel_size**2 * in_channels
+        kernel = jnp.asarray(rng.normal(size=(out_h, out_w, patch, out_channels)), jnp.float32)
+        patches = jnp.asarray(rng.normal(size=(out_h, out_w, patch, batch)), jnp.float32)
+
+        def forward_backward(kernel, patches, first=layer == 0):
+            out, pullback = jax.vjp(per_position_product, kernel, patches)
+            kernel_grad, patches_grad = pullback(out)  # any cotangent of the output's shape
+            return out, kernel_grad, None if first else patches_grad  # unused: XLA drops its product
+
+        products = jax.jit(forward_backward, compiler_options=compiler_options())
+        total += timed(lambda: products(kernel, patches), seconds)
+        in_channels = out_channels
+    return total
+
+
 def processor_name() -> str:
     """The CPU's model name (Linux reports it in /proc/cpuinfo; platform.processor() is often empty)."""
     try:
@@ -221,6 +248,14 @@ def run(seconds: float, batch: int, budgets: tuple[int, ...]) -> dict:
                       None if torch_ips is None else round(ips / torch_ips, 2))
             print(row, flush=True)
             rows.append(row)
+    lcn_products = {}
+    for budget in budgets:
+        width = width_near("lcn", budget).width
+        product_seconds = lcn_products_seconds(width, batch, seconds)
+        best_share = train_flops("lcn", width, FASHION, batch) / product_seconds / 1e9 / peak
+        lcn_products[str(budget)] = {"width": width, "products_ms_per_step": round(1e3 * product_seconds, 3),
+                                     "best_share_of_peak": round(best_share, 3)}
+    print("LCN products alone:", lcn_products, flush=True)
     seeds = {family: bench_seeds(family, width_near(family, 100_000).width, batch, 3, seconds)
              for family in FAMILIES}
     print("seeds at 100k:", seeds, flush=True)
@@ -228,7 +263,7 @@ def run(seconds: float, batch: int, budgets: tuple[int, ...]) -> dict:
     return {"machine": {"processor": processor_name(), "cores": usable, "machine_cores": total,
                         "devices": [f"{d} ({d.device_kind})" for d in jax.devices()], "jax": jax.__version__},
             "batch_size": batch, "matmul_peak_gflops": round(peak, 1),
-            "rows": [asdict(r) for r in rows],
+            "rows": [asdict(r) for r in rows], "lcn_products": lcn_products,
             "seeds_at_100k_images_per_second": {f: {k: round(v) for k, v in s.items()} for f, s in seeds.items()}}
 
 
@@ -257,6 +292,14 @@ def markdown(result: dict) -> str:
             f"| {r['family'].upper()} | {r['budget']:,} | {r['width']} | {r['params']:,} | "
             f"{r['compile_seconds']:.2f} | {r['images_per_second']:,} | {r['train_gflop_per_step']:.3f} | "
             f"{r['gflops']:.1f} | {100 * r['share_of_peak']:.0f}% | {r['xla_memory_mb']:.0f} | {torch_ips} | {ratio} |")
+    if "lcn_products" in result:  # older results lack it
+        lines += ["", "The LCN's matrix products alone (each layer's, forward and backward, as XLA compiles them on",
+                  "their own): a step also builds patches, applies activations, the classifier and the optimizer,",
+                  "so its share of the peak cannot exceed the last column.", "",
+                  "| budget | width | products ms/step | best share of peak |", "|---:|---:|---:|---:|"]
+        for budget, p in result["lcn_products"].items():
+            lines.append(f"| {int(budget):,} | {p['width']} | {p['products_ms_per_step']:.2f} | "
+                         f"{100 * p['best_share_of_peak']:.0f}% |")
     lines += ["", "Seeds at the 100k budget, 3 seeds, images/s over all seeds:", "",
               "| family | vmapped together | one after another |", "|---|---:|---:|"]
     for family, s in result["seeds_at_100k_images_per_second"].items():

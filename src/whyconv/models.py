@@ -35,6 +35,12 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def per_position_product(kernel: jnp.ndarray, patches: jnp.ndarray) -> jnp.ndarray:
+    """The LCN's arithmetic: at each output position (h, w), its own kernel (in, out) applied to
+    that position's patches (in, batch), giving (h, w, out, batch)."""
+    return jnp.einsum("hwio,hwib->hwob", kernel, patches)
+
+
 class LocallyConnected(nn.Module):
     """A 2-D locally connected layer: a convolution whose filters are not shared.
 
@@ -74,7 +80,7 @@ class LocallyConnected(nn.Module):
             (out_h, out_w, k * k * in_features, self.features),
         )
         bias = self.param("bias", nn.initializers.zeros, (out_h, out_w, self.features))
-        out = jnp.einsum("hwio,hwib->hwob", kernel, patches)
+        out = per_position_product(kernel, patches)
         return jnp.transpose(out, (3, 0, 1, 2)) + bias
 
 
