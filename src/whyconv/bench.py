@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 from whyconv.atomic import write_text
-from whyconv.capacity import Match, Skeleton, solve_width, spatial_sizes
+from whyconv.capacity import Match, Skeleton, solve_width
 from whyconv.compute import train_flops
 from whyconv.models import FAMILIES, build_model, per_position_product
 from whyconv.training import compiler_options
@@ -195,22 +195,24 @@ def lcn_products_seconds(width: int, batch: int, seconds: float) -> float:
     Everything else in a step (patches, activations, the classifier, the optimizer) takes time on
     top, so a step's FLOPs over this time bound the share of the peak any LCN step can reach here.
     """
-    total, in_channels = 0.0, FASHION.image_shape[2]
-    rng = np.random.default_rng(0)
-    for layer, (out_h, out_w) in enumerate(spatial_sizes(FASHION)):
-        out_channels, patch = width * 2**layer, FASHION.kernel_size**2 * in_channels
-        kernel = jnp.asarray(rng.normal(size=(out_h, out_w, patch, out_channels)), jnp.float32)
-        patches = jnp.asarray(rng.normal(size=(out_h, out_w, patch, batch)), jnp.float32)
-
-        def forward_backward(kernel, patches, first=layer == 0):
-            out, pullback = jax.vjp(per_position_product, kernel, patches)
-            kernel_grad, patches_grad = pullback(out)  # any cotangent of the output's shape
-            return out, kernel_grad, None if first else patches_grad  # unused: XLA drops its product
-
-        products = jax.jit(forward_backward, compiler_options=compiler_options())
-        total += timed(lambda: products(kernel, patches), seconds)
-        in_channels = out_channels
+    model = build_model("lcn", width, FASHION.num_classes)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *FASHION.image_shape)))["params"]
+    products = jax.jit(layer_products, static_argnames="input_grad", compiler_options=compiler_options())
+    rng, total = np.random.default_rng(0), 0.0
+    for layer in range(FASHION.depth):
+        kernel_shape = shapes[f"LocallyConnected_{layer}"]["kernel"].shape  # (h, w, patch, out)
+        kernel = jnp.asarray(rng.normal(size=kernel_shape), jnp.float32)
+        patches = jnp.asarray(rng.normal(size=(*kernel_shape[:3], batch)), jnp.float32)
+        total += timed(lambda: products(kernel, patches, input_grad=layer > 0), seconds)
     return total
+
+
+def layer_products(kernel: jnp.ndarray, patches: jnp.ndarray, input_grad: bool):
+    """One LCN layer's products in a training step: forward, then the gradients (an unused one is
+    dropped by XLA, with its product)."""
+    out, pullback = jax.vjp(per_position_product, kernel, patches)
+    kernel_grad, patches_grad = pullback(out)  # any cotangent of the output's shape
+    return out, kernel_grad, patches_grad if input_grad else None
 
 
 def processor_name() -> str:
