@@ -4,6 +4,7 @@ import dataclasses
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -22,15 +23,25 @@ def test_locally_connected_equals_flax_conv_local(shape, features, kernel, strid
     reference = nn.ConvLocal(features, (kernel, kernel), strides=stride, padding="SAME")
     params = reference.init(jax.random.key(1), x)
     params = jax.tree.map(lambda p: jax.random.normal(jax.random.key(2), p.shape), params)  # non-zero bias too
-    fast = LocallyConnected(features, kernel, stride)
-    np.testing.assert_allclose(fast.apply(params, x), reference.apply(params, x), atol=1e-5, rtol=1e-5)
+    fast = batch_first_apply(LocallyConnected(features, kernel, stride))
+    np.testing.assert_allclose(fast(params, x), reference.apply(params, x), atol=1e-5, rtol=1e-5)
     # Training uses the backward pass too: gradients with respect to the parameters and the input.
     cotangent = jax.random.normal(jax.random.key(3), reference.apply(params, x).shape)
-    grads = [jax.grad(lambda p, x: (m.apply(p, x) * cotangent).sum(), argnums=(0, 1))(params, x)
-             for m in (fast, reference)]
+    grads = [jax.grad(lambda p, x: (apply(p, x) * cotangent).sum(), argnums=(0, 1))(params, x)
+             for apply in (fast, reference.apply)]
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4), *grads)
     # Same parameter layout, so the two are interchangeable.
-    assert jax.tree.map(np.shape, fast.init(jax.random.key(1), x)) == jax.tree.map(np.shape, params)
+    own_params = LocallyConnected(features, kernel, stride).init(jax.random.key(1), to_batch_last(x))
+    assert jax.tree.map(np.shape, own_params) == jax.tree.map(np.shape, params)
+
+
+def to_batch_last(x):
+    return jnp.transpose(x, (1, 2, 3, 0))
+
+
+def batch_first_apply(layer: LocallyConnected):
+    """The layer's apply on (batch, height, width, channels) activations, as ConvLocal's."""
+    return lambda params, x: jnp.transpose(layer.apply(params, to_batch_last(x)), (3, 0, 1, 2))
 
 
 def direct_circular_conv(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, stride: int) -> np.ndarray:
@@ -88,9 +99,10 @@ def test_cnn_is_translation_equivariant_and_lcn_is_not():
     shifted = np.roll(x, 2, axis=2)
     for shared, equivariant in ((True, True), (False, False)):
         layer = nn.Conv(2, (3, 3), padding="SAME") if shared else LocallyConnected(2, 3, 1)
-        params = layer.init(jax.random.key(0), x)
+        params = layer.init(jax.random.key(0), x if shared else to_batch_last(x))
         params = jax.tree.map(lambda p: jax.random.normal(jax.random.key(3), p.shape), params)
-        y, y_shifted = layer.apply(params, x), layer.apply(params, shifted)
+        apply = layer.apply if shared else batch_first_apply(layer)
+        y, y_shifted = apply(params, x), apply(params, shifted)
         same = np.allclose(np.roll(y, 2, axis=2)[0, 4:10, 4:12], y_shifted[0, 4:10, 4:12], atol=1e-5)
         assert same == equivariant
 
