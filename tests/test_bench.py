@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from whyconv.bench import FASHION, bench_jax, lcn_products_seconds, markdown
+from whyconv.bench import FASHION, bench_jax, describe_cpu, lcn_products_seconds, markdown
 from whyconv.capacity import param_count, spatial_sizes
 from whyconv.compute import forward_flops, train_flops
 from whyconv.models import FAMILIES, build_model
@@ -92,3 +92,13 @@ def test_markdown_table_lists_every_row():
     assert "| 100,000 | 9 | 1.36 | 54% |" in markdown(result)
     result["machine"].update(processor="AMD EPYC", cores=1, machine_cores=2)
     assert "- Processor: AMD EPYC; ran on 1 of its 2 cores" in markdown(result)
+    result["machine"]["vector_extensions"] = ["AVX2", "AVX-512"]
+    assert "- Processor: AMD EPYC (AVX2, AVX-512); ran on 1 of its 2 cores" in markdown(result)
+
+
+def test_cpu_description_names_the_vector_extensions():
+    x86 = ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+           "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+           "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu\n")
+    assert describe_cpu(x86) == ("Intel(R) Xeon(R) Processor", ["AVX2", "AVX-512", "AMX"])
+    assert describe_cpu("processor\t: 0\nFeatures\t: fp asimd sve\n") == (None, ["NEON", "SVE"])

@@ -215,15 +215,32 @@ def layer_products(kernel: jnp.ndarray, patches: jnp.ndarray, input_grad: bool):
     return out, kernel_grad, patches_grad if input_grad else None
 
 
-def processor_name() -> str:
-    """The CPU's model name (Linux reports it in /proc/cpuinfo; platform.processor() is often empty)."""
+# The vector extensions that bound a CPU's float32 matmul peak, as /proc/cpuinfo spells them (x86
+# "flags", Arm "Features"): CPUs that report the same model name can differ here.
+VECTOR_EXTENSIONS = {"avx2": "AVX2", "avx512f": "AVX-512", "amx_tile": "AMX", "asimd": "NEON", "sve": "SVE"}
+
+
+def describe_cpu(cpuinfo: str) -> tuple[str | None, list[str]]:
+    """The model name and vector extensions in the text of /proc/cpuinfo (first CPU listed)."""
+    name, flags = None, set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and name is None:
+            name = value.strip()
+        elif key in ("flags", "Features") and not flags:
+            flags = set(value.split())
+    return name, [label for flag, label in VECTOR_EXTENSIONS.items() if flag in flags]
+
+
+def processor() -> tuple[str, list[str]]:
+    """This CPU's model name and vector extensions (Linux reports both in /proc/cpuinfo;
+    platform.processor() is often empty)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        name, extensions = describe_cpu(Path("/proc/cpuinfo").read_text())
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        name, extensions = None, []
+    return name or platform.processor() or platform.machine(), extensions
 
 
 def cores_used() -> tuple[int, int]:
@@ -262,7 +279,8 @@ def run(seconds: float, batch: int, budgets: tuple[int, ...]) -> dict:
              for family in FAMILIES}
     print("seeds at 100k:", seeds, flush=True)
     usable, total = cores_used()
-    return {"machine": {"processor": processor_name(), "cores": usable, "machine_cores": total,
+    name, extensions = processor()
+    return {"machine": {"processor": name, "vector_extensions": extensions, "cores": usable, "machine_cores": total,
                         "devices": [f"{d} ({d.device_kind})" for d in jax.devices()], "jax": jax.__version__},
             "batch_size": batch, "matmul_peak_gflops": round(peak, 1),
             "rows": [asdict(r) for r in rows], "lcn_products": lcn_products,
@@ -313,8 +331,9 @@ def cores_line(machine: dict) -> list[str]:
     """The processor and the cores the run had, when recorded (older results lack them)."""
     if "cores" not in machine:
         return []
-    return [f"- Processor: {machine['processor']}; ran on {machine['cores']} of its {machine['machine_cores']} "
-            "cores (the peak below is theirs too)."]
+    extensions = ", ".join(machine.get("vector_extensions", []))
+    return [f"- Processor: {machine['processor']}{f' ({extensions})' if extensions else ''}; ran on "
+            f"{machine['cores']} of its {machine['machine_cores']} cores (the peak below is theirs too)."]
 
 
 def main() -> None:
