@@ -1,6 +1,7 @@
 """Data parallelism: the same training on 2 forced host devices as on 1, within a stated tolerance."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -42,6 +43,42 @@ def test_two_devices_train_like_one():
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
         assert b["val_acc"] == pytest.approx(a["val_acc"], abs=1 / 128)
     assert two["test_loss"] == pytest.approx(one["test_loss"], rel=1e-5)
+
+
+QUEUED = f"""
+import sys
+sys.path.insert(0, {str(TESTS)!r})
+import jax, jax.numpy as jnp
+from flax.training import train_state
+from jax.sharding import NamedSharding, PartitionSpec as P
+from test_training import CONFIG, tiny_splits
+from whyconv.models import build_model
+from whyconv.training import batch_mesh, epoch_order, init_params, make_optimizer, make_steps
+
+model, splits, mesh = build_model("cnn", 4, 10), tiny_splits(), batch_mesh()
+replicate = lambda tree: jax.device_put(tree, NamedSharding(mesh, P()))
+images, labels = (replicate(jnp.asarray(a)) for a in splits.arrays["train"])
+state = replicate(train_state.TrainState.create(
+    apply_fn=model.apply, params=init_params(model, 0, splits.meta.image_shape), tx=make_optimizer(CONFIG, 8)))
+order = jnp.asarray(epoch_order(0, 1, len(splits.arrays["train"][1]), CONFIG.batch_size))
+train_step, _ = make_steps(model, splits.meta.mean, splits.meta.std, mesh)
+for i in range(300):  # all queued: nothing is read back until the end
+    state, loss, _ = train_step(state, images, labels, order, i % len(order), jax.random.key(0))
+print(float(loss))
+"""
+
+
+@pytest.mark.slow
+def test_two_devices_take_many_queued_steps():
+    # XLA's CPU all-reduce deadlocks (JAX 0.10.2, 2-8 forced devices) once about 60 steps are
+    # queued when a step takes its batch as a batch-sharded argument: the process aborts after
+    # 40 s in a rendezvous. whyconv's step takes the replicated split and splits each batch inside
+    # (a sharding constraint), which ran 3,000 queued steps; train_seed also reads the loss back
+    # every 50 steps. This keeps a refactor from bringing the deadlock back.
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    done = subprocess.run([sys.executable, "-c", QUEUED], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert math.isfinite(float(done.stdout.strip().splitlines()[-1]))
 
 
 HOST = f"""
