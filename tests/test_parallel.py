@@ -24,11 +24,17 @@ print(json.dumps({{"devices": len(jax.devices()), "history": result.history, "te
 """
 
 
-def train_on(devices: int) -> dict:
+def last_line_on(devices: int, script: str) -> str:
+    """The last line `script` prints, run on `devices` forced CPU devices."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def train_on(devices: int) -> dict:
+    return json.loads(last_line_on(devices, SCRIPT))
 
 
 @pytest.mark.slow
@@ -75,10 +81,7 @@ def test_two_devices_take_many_queued_steps():
     # 40 s in a rendezvous. whyconv's step takes the replicated split and splits each batch inside
     # (a sharding constraint), which ran 3,000 queued steps; train_seed also reads the loss back
     # every 50 steps. This keeps a refactor from bringing the deadlock back.
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    done = subprocess.run([sys.executable, "-c", QUEUED], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert math.isfinite(float(done.stdout.strip().splitlines()[-1]))
+    assert math.isfinite(float(last_line_on(2, QUEUED)))
 
 
 HOST = f"""
