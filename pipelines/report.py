@@ -1,7 +1,6 @@
 """Stage `report`: the aggregate tables -> reports/report.md, reports/index.html and their figures."""
 
 import json
-import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -9,22 +8,11 @@ import yaml
 
 from whyconv import stage
 from whyconv.config import load_params
+from whyconv.provenance import code_version
 from whyconv.report import write_report
 
 REPORTS = Path("reports")
 TABLES = ("results", "summary", "skeleton", "curves", "factorial", "permutation", "subsets", "shift", "weights")
-
-
-def code_version() -> str:
-    """The git commit, marked when the code or params differ from it."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-        changed = subprocess.run(["git", "status", "--porcelain", "--", "src", "pipelines", "params.yaml",
-                                  "dvc.yaml"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return f"{commit} with uncommitted changes" if changed else commit
 
 
 def main() -> None:

@@ -1,10 +1,12 @@
 """The benchmark's arithmetic and its PyTorch twins (the figures themselves are not tested)."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
 
-from whyconv.bench import FASHION, bench_jax, describe_cpu, lcn_products_seconds, markdown
+from whyconv.bench import FASHION, Row, bench_jax, describe_cpu, lcn_products_seconds, markdown, progress_line
 from whyconv.capacity import param_count, spatial_sizes
 from whyconv.compute import forward_flops, train_flops
 from whyconv.models import FAMILIES, build_model
@@ -94,6 +96,17 @@ def test_markdown_table_lists_every_row():
     assert "- Processor: AMD EPYC; ran on 1 of its 2 cores" in markdown(result)
     result["machine"]["vector_extensions"] = ["AVX2", "AVX-512"]
     assert "- Processor: AMD EPYC (AVX2, AVX-512); ran on 1 of its 2 cores" in markdown(result)
+    assert "Code version" not in markdown(result)  # results from before the commit was recorded
+    result["code_version"] = "abc1234"
+    assert "- Code version `abc1234`." in markdown(result)
+
+
+def test_progress_line_says_what_was_measured():
+    row = Row("lcn", 100_000, 9, 98_794, 1.2, 46_808, 0.0738, 27.0, 0.152, 8.7, 7_573, 6.18)
+    assert progress_line(row) == ("LCN at 100,000 (width 9): 46,808 images/s, 15% of the peak; "
+                                  "PyTorch 7,573 images/s (6.18x)")
+    without_torch = dataclasses.replace(row, torch_images_per_second=None, speedup_vs_torch=None)
+    assert progress_line(without_torch) == "LCN at 100,000 (width 9): 46,808 images/s, 15% of the peak"
 
 
 def test_cpu_description_names_the_vector_extensions():
