@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+# JAX warns on any fork once it has started threads; subprocess forks only to exec a fresh
+# interpreter at once, which inherits none of them.
+pytestmark = pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")
+
 TESTS = Path(__file__).resolve().parent
 SCRIPT = f"""
 import json, sys
