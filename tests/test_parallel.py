@@ -3,8 +3,10 @@
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -142,6 +144,27 @@ def test_sweep_stops_starting_stages_after_a_failure(tmp_path, monkeypatch, caps
     assert failed == ["first"]
     assert [p.name for p in (tmp_path / "logs").iterdir()] == ["first.log"]
     assert "FAILED first" in capsys.readouterr().out
+
+
+def test_an_interrupted_sweep_stops_its_stages_starts_no_more_and_says_so(tmp_path, monkeypatch, capsys):
+    import whyconv.sweep as sweep
+
+    started = tmp_path / "started.txt"
+    monkeypatch.setattr(sweep, "STOP_GRACE_SECONDS", 0.5)
+    # Each "stage" is a shell waiting on a long command, as DVC waits on a stage's command. Once
+    # both are running, the second sends SIGINT to this process alone (not, as Ctrl-C in a
+    # terminal would, to the whole group): the sweep must pass it on to the stages itself.
+    monkeypatch.setattr(sweep, "dvc", lambda *args: [
+        "sh", "-c", f"echo {args[-1]} >> {started}; "
+                    + (f"sleep 0.5; kill -INT {os.getpid()}; " if args[-1] == "second" else "") + "sleep 60"])
+    began = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_parallel(["first", "second", "third"], jobs=2, logs=tmp_path / "logs")
+    assert time.monotonic() - began < 30  # the stages stopped: not their 60 s
+    assert sorted(started.read_text().split()) == ["first", "second"]  # the third never started
+    out = capsys.readouterr().out
+    assert "interrupted first" in out and "interrupted second" in out and "FAILED" not in out
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again
 
 
 def test_sweep_plans_stale_stages_and_their_downstream_from_the_dag():

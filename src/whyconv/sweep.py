@@ -15,16 +15,19 @@ beside the last control cells rather than after them. A last plain `dvc repro` c
 is up to date.
 
 Each stage's output goes to logs/<stage>.log; the terminal gets one line per stage. A failed
-stage stops new ones from starting, and its log's last lines are printed. Interrupted, the
-finished cells stay cached and a training cell resumes from its last epoch's checkpoint.
+stage stops new ones from starting, and its log's last lines are printed. Interrupted (Ctrl-C),
+it starts nothing new, sees the running stages stop and says so in one message; the finished
+cells stay cached and a training cell resumes from its last epoch's checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -33,11 +36,14 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import psutil
 import yaml
 
 LOGS = Path("logs")
 TRAINING_SCRIPT = "pipelines/train.py"
 UPSTREAM = "prepare"  # the one stage the training stages depend on
+STOP_GRACE_SECONDS = 10.0  # after Ctrl-C, how long the running stages get to stop by themselves
+INTERRUPTED = 130  # the exit status of a program stopped by Ctrl-C (128 + SIGINT)
 
 
 def dvc(*args: str) -> list[str]:
@@ -107,14 +113,18 @@ def run_parallel(stages: Sequence[str], jobs: int, logs: Path = LOGS,
 
     A stage starts once none of its `upstream` stages is still to run; of the stages ready, the
     first in `stages` that is not a `training` group goes first, then the first training stage.
+    On KeyboardInterrupt it starts nothing new, waits for the running stages to stop (after a
+    grace period, interrupting them itself), and raises it again.
     """
     logs.mkdir(exist_ok=True)
     upstream = upstream or {}
     free_cores = list(core_shares(jobs))
     ready_or_done = threading.Condition()
     pending = sorted(stages, key=lambda s: s.split("@")[0] in training)  # stable: keeps the order
-    running: set[str] = set()
+    running: dict[str, subprocess.Popen] = {}
     failed: list[str] = []
+    interrupted = False
+    workers_left = jobs
     start, done = time.perf_counter(), 0
 
     def say(text: str) -> None:
@@ -125,50 +135,100 @@ def run_parallel(stages: Sequence[str], jobs: int, logs: Path = LOGS,
         sys.stdout.flush()
 
     def next_ready() -> str | None:
-        waiting = set(pending) | running
+        waiting = set(pending) | set(running)
         return next((s for s in pending if not upstream.get(s, set()) & waiting), None)
 
     def worker() -> None:
-        while (taken := take()) is not None:
-            work(*taken)
+        nonlocal workers_left
+        try:
+            while (started := start_next()) is not None:
+                finish(*started)
+        finally:
+            with ready_or_done:
+                workers_left -= 1
+                ready_or_done.notify_all()
 
-    def take() -> tuple[str, set[int]] | None:
-        """The next stage to run and the cores to run it on; None when there is none."""
+    def wait_for_workers(timeout: float | None = None) -> None:
+        # On the condition, not with Thread.join: on CPython 3.11 a join cut short by Ctrl-C can
+        # mark a thread that is still running as finished, and every later join returns at once.
         with ready_or_done:
-            # One failure stops new starts (running stages finish); so does an empty queue.
-            while not failed and pending and (stage := next_ready()) is None:
+            ready_or_done.wait_for(lambda: not workers_left, timeout)
+
+    def start_next() -> tuple[str, subprocess.Popen, set[int], Path] | None:
+        """Start the next stage on a free share of the cores; None when there is none to start."""
+        with ready_or_done:
+            # A failure or an interruption stops new starts (running stages finish); so does an
+            # empty queue. Starting under the lock means an interruption sees every stage started.
+            while not failed and not interrupted and pending and (stage := next_ready()) is None:
                 ready_or_done.wait()
-            if failed or not pending:
+            if failed or interrupted or not pending:
                 return None
             pending.remove(stage)
-            running.add(stage)
-            return stage, free_cores.pop()
+            cores = free_cores.pop()
+            log = logs / f"{stage.replace('@', '-')}.log"
+            with log.open("w") as out:
+                running[stage] = subprocess.Popen(
+                    dvc("--wait-for-lock", "repro", "--single-item", stage), stdout=out,
+                    stderr=subprocess.STDOUT, preexec_fn=lambda: os.sched_setaffinity(0, cores))
+            say(f"start {stage}")
+            return stage, running[stage], cores, log
 
-    def work(stage: str, cores: set[int]) -> None:
+    def finish(stage: str, child: subprocess.Popen, cores: set[int], log: Path) -> None:
         nonlocal done
-        say(f"start {stage}")
         began = time.perf_counter()
-        log = logs / f"{stage.replace('@', '-')}.log"
-        with log.open("w") as out:
-            code = subprocess.run(dvc("--wait-for-lock", "repro", "--single-item", stage), stdout=out,
-                                  stderr=subprocess.STDOUT, preexec_fn=lambda: os.sched_setaffinity(0, cores)).returncode
+        code = child.wait()
         with ready_or_done:
             free_cores.append(cores)
-            running.discard(stage)
+            del running[stage]
             done += 1
-            if code:
+            stopped = interrupted
+            if code and not stopped:
                 failed.append(stage)
             ready_or_done.notify_all()
         minutes = (time.perf_counter() - began) / 60
+        if code and stopped:
+            say(f"interrupted {stage} after {minutes:.1f} min ({done}/{len(stages)})")
+            return
         say(f"{'FAILED' if code else 'done'} {stage} in {minutes:.1f} min ({done}/{len(stages)}; log: {log})")
         if code:
             print("".join(log.read_text().splitlines(keepends=True)[-15:]), file=sys.stderr, flush=True)
 
+    def stop() -> None:
+        """After Ctrl-C: start nothing new, and see every running stage stop."""
+        nonlocal interrupted
+        with ready_or_done:
+            interrupted = True
+            ready_or_done.notify_all()
+        # Ctrl-C in a terminal reaches the whole process group, so the stages' commands are
+        # stopping already. A SIGINT sent to this process alone is passed on after a grace period,
+        # to each worker's descendants too: DVC ignores SIGINT while its stage's command runs.
+        wait_for_workers(STOP_GRACE_SECONDS)
+        with ready_or_done:
+            left = [child.pid for child in running.values()]
+        for pid in left:
+            try:
+                dvc_process = psutil.Process(pid)
+                family = [dvc_process, *dvc_process.children(recursive=True)]
+            except psutil.NoSuchProcess:  # it stopped in the meantime
+                continue
+            for process in family:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.send_signal(signal.SIGINT)
+        wait_for_workers()
+
     workers = [threading.Thread(target=worker) for _ in range(jobs)]
     for thread in workers:
         thread.start()
-    for thread in workers:
-        thread.join()
+    try:
+        wait_for_workers()
+    except KeyboardInterrupt:
+        # A second Ctrl-C still reaches the stages; here it would only cut the waiting short.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            stop()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        raise
     return failed
 
 
@@ -180,17 +240,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     jobs = args.jobs or default_jobs()
     if jobs < 1:
         parser.error("--jobs must be at least 1")
-    # What every training stage reads (the prepared data) comes first, once.
-    if subprocess.run(dvc("repro", UPSTREAM)).returncode:
-        sys.exit(1)
-    stages, upstream = plan()
-    training = training_stages()
-    trains = sum(s.split("@")[0] in training for s in stages)
-    print(f"{len(stages)} stages to run ({trains} training stages), {jobs} at a time", flush=True)
-    failed = run_parallel(stages, jobs, upstream=upstream, training=training)
-    if failed:
-        sys.exit(f"error: {len(failed)} stage(s) failed: {', '.join(failed)}; see logs/ for each")
-    sys.exit(subprocess.run(dvc("repro")).returncode)
+    try:
+        # What every training stage reads (the prepared data) comes first, once.
+        if subprocess.run(dvc("repro", UPSTREAM)).returncode:
+            sys.exit(1)
+        stages, upstream = plan()
+        training = training_stages()
+        trains = sum(s.split("@")[0] in training for s in stages)
+        print(f"{len(stages)} stages to run ({trains} training stages), {jobs} at a time", flush=True)
+        failed = run_parallel(stages, jobs, upstream=upstream, training=training)
+        if failed:
+            sys.exit(f"error: {len(failed)} stage(s) failed: {', '.join(failed)}; see logs/ for each")
+        sys.exit(subprocess.run(dvc("repro")).returncode)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the stages reported done are kept, and an interrupted training cell "
+              "keeps its finished epochs; run the same command again to go on from there",
+              file=sys.stderr, flush=True)
+        sys.exit(INTERRUPTED)
 
 
 if __name__ == "__main__":
