@@ -9,8 +9,9 @@ import pytest
 from conftest import synthetic_images
 from whyconv.data import Meta, Splits
 from whyconv.models import build_model
-from whyconv.training import (VAL_EVALUATIONS, TrainConfig, epoch_order, evaluate, evaluates_val, make_steps,
-                              train_seed)
+from whyconv import training
+from whyconv.training import (STEPS_PER_CALL, VAL_EVALUATIONS, TrainConfig, epoch_order, evaluate, evaluates_val,
+                              make_steps, steps_per_call, train_seed)
 
 
 def tiny_splits(n_train: int = 512) -> Splits:
@@ -58,7 +59,7 @@ def test_absurd_learning_rate_is_recorded_as_diverged():
 def test_evaluate_counts_every_example_once_despite_padding():
     model = build_model("mlp", 8, 10)
     splits = tiny_splits()
-    _, eval_step = make_steps(model, 0.2, 0.3)
+    eval_step = make_steps(model, 0.2, 0.3).eval
     import jax
     import jax.numpy as jnp
 
@@ -104,3 +105,27 @@ def test_seeds_after_the_first_compile_nothing():
     for seed in (1, 2):
         train_seed(model, tiny_splits(), CONFIG, seed=seed)
     assert first > 0 and len(compiles) == first
+
+
+def test_steps_per_call_is_one_only_for_convolutions_on_a_cpu():
+    assert jax.default_backend() == "cpu"
+    assert [steps_per_call(build_model(f, 4, 10)) for f in ("mlp", "lcn", "gconv", "cnn", "cnn_gap")] == [
+        STEPS_PER_CALL, STEPS_PER_CALL, STEPS_PER_CALL, 1, 1]
+
+
+@pytest.mark.parametrize("family, width", [("mlp", 16), ("lcn", 2), ("gconv", 2)])
+def test_many_steps_per_call_train_exactly_as_one_step_per_call(family, width, monkeypatch):
+    # 64 steps an epoch: one call of 50 steps, then one of 14. The loop must be the same
+    # arithmetic as calling the step 64 times, to the bit: the study's results do not depend on it.
+    config = TrainConfig(epochs=2, batch_size=8, learning_rate=3e-3, weight_decay=0.05, warmup_epochs=0.5)
+    model = build_model(family, width, 10, dropout=0.3)
+    looped = train_seed(model, tiny_splits(), config, seed=0)
+    monkeypatch.setattr(training, "steps_per_call", lambda model: 1)
+    training.make_steps.cache_clear()
+    stepped = train_seed(model, tiny_splits(), config, seed=0)
+    assert training.make_steps(model, 0.2, 0.3, None, 0).per_call == 1  # the steps it trained with
+    training.make_steps.cache_clear()  # none of them for later tests
+    assert looped.history == stepped.history
+    assert (looped.test_acc, looped.test_loss) == (stepped.test_acc, stepped.test_loss)
+    for a, b in zip(jax.tree.leaves(looped.params), jax.tree.leaves(stepped.params)):
+        np.testing.assert_array_equal(a, b)

@@ -6,8 +6,9 @@ because XLA lowers a vmapped convolution to a grouped one. Each seed has its own
 initialization (`jax.random.key(seed)`) and its own data order (`default_rng([seed, epoch])`),
 so a rerun with the same params and seeds gives the same numbers on the same machine.
 
-The training loop is a Python loop over one jitted step, not `lax.scan`: convolutions inside a
-loop body run 10-20x slower on XLA CPU (jax-ml/jax#12868).
+The training loop is a Python loop over one jitted call, which runs up to `STEPS_PER_CALL` steps
+in a loop of its own: the host pays one dispatch per call, not per step. Models with convolutions
+take one step per call on a CPU instead (see `steps_per_call`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -34,6 +35,7 @@ from tqdm.auto import tqdm
 from whyconv.checkpoint import CheckpointStore
 from whyconv.controls import random_shifts
 from whyconv.data import Splits
+from whyconv.models import SpatialNet
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,44 @@ CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_
 def compiler_options() -> dict[str, str] | None:
     """XLA options for the jitted steps on this backend (CPU only; accelerators take the defaults)."""
     return CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+
+
+# Training steps per jitted call. A call costs the host 0.1-0.3 ms (dispatch, arguments), a third
+# of a small MLP's step on one core; a loop of steps inside one call pays it once. Measured on
+# one core, 100-step runs: MLP (h = 5-349) 1.08-1.51x, LCN (c = 1-20) 1.05-1.33x, GConv
+# (c = 2-14) 1.03-1.13x faster, and bit-identical. 50 is also how often the loss is read back.
+STEPS_PER_CALL = 50
+
+
+def steps_per_call(model: nn.Module) -> int:
+    """`STEPS_PER_CALL`, or 1 for a model with convolutions on a CPU: XLA's CPU backend compiles a
+    convolution's gradient inside a loop to a slower kernel (jax-ml/jax#12868; measured here: the
+    CNN at c = 4 0.58x as fast) that also rounds differently."""
+    convolutions = isinstance(model, SpatialNet) and model.local and model.shared
+    return 1 if convolutions and jax.default_backend() == "cpu" else STEPS_PER_CALL
+
+
+def loop_steps(step: Callable, per_call: int) -> Callable:
+    """`steps(state, first, count)`: `count` (at most `per_call`) applications of
+    `step(state, i) -> (state, metrics)`, for i = first, first + 1, ..., in one loop. Returns the
+    state and each metric stacked over `per_call` steps (past `count`: zeros). With `per_call` 1,
+    the step itself, with no loop around it (see `steps_per_call`)."""
+
+    def steps(state, first, count):
+        if per_call == 1:
+            state, metrics = step(state, first)
+            return state, jax.tree.map(lambda m: m[None], metrics)
+
+        def body(i, carry):
+            state, stacked = carry
+            state, metrics = step(state, first + i)
+            return state, jax.tree.map(lambda all_, m: all_.at[i].set(m), stacked, metrics)
+
+        shapes = jax.eval_shape(step, state, first)[1]
+        stacked = jax.tree.map(lambda m: jnp.zeros((per_call, *m.shape), m.dtype), shapes)
+        return jax.lax.fori_loop(0, count, body, (state, stacked))
+
+    return steps
 
 
 def evaluates_val(epoch: int, epochs: int) -> bool:
@@ -131,16 +171,23 @@ def batch_mesh() -> Mesh | None:
     return Mesh(np.array(devices), ("batch",)) if len(devices) > 1 else None
 
 
+class Steps(NamedTuple):
+    train: Callable  # (state, images, labels, order, first, count, dropout_key) -> (state, (losses, accuracies))
+    eval: Callable  # (params, images, labels, weight) -> (summed loss, correct count)
+    per_call: int  # the most training steps one call of `train` takes
+
+
 @functools.cache  # one compilation per model, shared by its seeds
 def make_steps(model: nn.Module, mean: float, std: float, mesh: Mesh | None = None,
-               augment_shift: int = 0) -> tuple[Callable, Callable]:
-    """The jitted train step and eval step of `model`.
+               augment_shift: int = 0) -> Steps:
+    """The jitted training steps and eval step of `model`.
 
-    The train step takes the whole split as a device array and the epoch's whole batch order
-    (sent once per epoch), and picks its batch inside, so the host sends nothing per step but the
-    step number. The eval step takes one batch (see `evaluate`). With a `mesh`, each batch is
-    split over its devices. With `augment_shift`, each training image is shifted at random
-    by up to that many pixels (zero fill) inside the step.
+    A call of `train` takes steps `first` to `first + count - 1` of the epoch (see `loop_steps`).
+    It takes the whole split as a device array and the epoch's whole batch order (sent once per
+    epoch), and picks each batch inside, so the host sends nothing per call but two numbers. The
+    eval step takes one batch (see `evaluate`). With a `mesh`, each batch is split over its
+    devices. With `augment_shift`, each training image is shifted at random by up to that many
+    pixels (zero fill) inside the step.
     """
 
     def split_over_devices(x, y):
@@ -167,7 +214,13 @@ def make_steps(model: nn.Module, mean: float, std: float, mesh: Mesh | None = No
             return losses.mean(), correct.mean()
 
         (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        return state.apply_gradients(grads=grads), loss, accuracy
+        return state.apply_gradients(grads=grads), (loss, accuracy)
+
+    per_call = steps_per_call(model)
+
+    def train_steps(state: train_state.TrainState, images, labels, order, first, count, dropout_key):
+        step = lambda state, i: train_step(state, images, labels, order, i, dropout_key)
+        return loop_steps(step, per_call)(state, first, count)
 
     def eval_step(params, images, labels, weight):
         """Summed loss and correct count over one padded batch (`weight` masks the padding).
@@ -178,8 +231,8 @@ def make_steps(model: nn.Module, mean: float, std: float, mesh: Mesh | None = No
         return (losses * weight).sum(), (correct * weight).sum()
 
     options = compiler_options()
-    return (jax.jit(train_step, donate_argnums=0, compiler_options=options),
-            jax.jit(eval_step, compiler_options=options))
+    return Steps(jax.jit(train_steps, donate_argnums=0, compiler_options=options),
+                 jax.jit(eval_step, compiler_options=options), per_call)
 
 
 def evaluate(eval_step: Callable, params, images, labels, batch_size: int) -> tuple[float, float]:
@@ -205,31 +258,35 @@ def epoch_order(seed: int, epoch: int, n: int, batch_size: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)[: steps * batch_size].reshape(steps, batch_size)
 
 
-def run_epoch(train_step: Callable, state, images, labels, order: np.ndarray, dropout_key,
+def run_epoch(steps: Steps, state, images, labels, order: np.ndarray, dropout_key,
               progress: tqdm, epoch_label: str) -> tuple[object, float, float]:
     """One pass over `order`'s batches: the new state, mean train loss and accuracy.
 
-    The loss is read back every 50 steps (for the progress bar); a non-finite value ends the
-    epoch at once, and the caller sees a non-finite mean.
+    The loss is read back every `STEPS_PER_CALL` steps (for the progress bar); a non-finite value
+    ends the epoch at once, and the caller sees a non-finite mean.
     """
-    batch_size = order.shape[1]
+    batch_size, total = order.shape[1], len(order)
     order = jnp.asarray(order)  # once per epoch: a slice per step would cost a dispatch per step
-    losses, accuracies = [], []
+    losses, accuracies = [], []  # per call: the loss and accuracy of each of its steps
     start = time.perf_counter()
-    for i in range(len(order)):
-        state, loss, accuracy = train_step(state, images, labels, order, i, dropout_key)
-        losses.append(loss)
-        accuracies.append(accuracy)
-        progress.update(1)
-        if (i + 1) % 50 == 0 or i + 1 == len(order):
-            recent = float(jnp.mean(jnp.stack(losses[-50:])))
+    for first in range(0, total, steps.per_call):
+        count = min(steps.per_call, total - first)
+        state, (call_losses, call_accuracies) = steps.train(state, images, labels, order, first, count, dropout_key)
+        if count < steps.per_call:
+            call_losses, call_accuracies = call_losses[:count], call_accuracies[:count]
+        losses.append(call_losses)
+        accuracies.append(call_accuracies)
+        done = first + count
+        progress.update(count)
+        if done % STEPS_PER_CALL == 0 or done == total:
+            recent = float(jnp.mean(jnp.concatenate(losses[-STEPS_PER_CALL:])[-STEPS_PER_CALL:]))
             if not math.isfinite(recent):
                 break
             progress.set_postfix(
                 epoch=epoch_label, loss=f"{recent:.3f}",
-                acc=f"{float(jnp.mean(jnp.stack(accuracies[-50:]))):.3f}",
-                img_s=f"{(i + 1) * batch_size / (time.perf_counter() - start):,.0f}", refresh=False)
-    return state, float(jnp.mean(jnp.stack(losses))), float(jnp.mean(jnp.stack(accuracies)))
+                acc=f"{float(jnp.mean(jnp.concatenate(accuracies[-STEPS_PER_CALL:])[-STEPS_PER_CALL:])):.3f}",
+                img_s=f"{done * batch_size / (time.perf_counter() - start):,.0f}", refresh=False)
+    return state, float(jnp.mean(jnp.concatenate(losses))), float(jnp.mean(jnp.concatenate(accuracies)))
 
 
 def init_params(model: nn.Module, seed: int, image_shape: tuple[int, ...]):
@@ -268,7 +325,7 @@ def train_seed(
     steps = n // config.batch_size
     if steps == 0:
         raise ValueError(f"batch size {config.batch_size} is larger than the {n} training images")
-    train_step, eval_step = make_steps(model, splits.meta.mean, splits.meta.std, mesh, config.augment_shift)
+    steps_of_model = make_steps(model, splits.meta.mean, splits.meta.std, mesh, config.augment_shift)
     _, dropout_key = jax.random.split(jax.random.key(seed))
     state = train_state.TrainState.create(apply_fn=model.apply, params=init_params(model, seed, splits.meta.image_shape),
                                           tx=make_optimizer(config, steps))
@@ -284,14 +341,14 @@ def train_seed(
         for epoch in range(len(history) + 1, config.epochs + 1):
             start = time.perf_counter()
             order = epoch_order(seed, epoch, n, config.batch_size)
-            state, train_loss, train_acc = run_epoch(train_step, state, train_images, train_labels,
+            state, train_loss, train_acc = run_epoch(steps_of_model, state, train_images, train_labels,
                                                      order, dropout_key, progress, f"{epoch}/{config.epochs}")
             if not math.isfinite(train_loss):
                 result.status, result.diverged_epoch = "diverged", epoch
                 break
             row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc}
             if evaluates_val(epoch, config.epochs):
-                row["val_loss"], row["val_acc"] = evaluate(eval_step, state.params, val_images, val_labels,
+                row["val_loss"], row["val_acc"] = evaluate(steps_of_model.eval, state.params, val_images, val_labels,
                                                            config.eval_batch_size)
             history.append(row)
             seconds += time.perf_counter() - start
@@ -302,7 +359,7 @@ def train_seed(
     if result.status == "ok":
         test_images, test_labels = (replicate(jnp.asarray(a)) for a in splits.arrays["test"])
         result.val_loss, result.val_acc = history[-1]["val_loss"], history[-1]["val_acc"]
-        result.test_loss, result.test_acc = evaluate(eval_step, state.params, test_images, test_labels,
+        result.test_loss, result.test_acc = evaluate(steps_of_model.eval, state.params, test_images, test_labels,
                                                      config.eval_batch_size)
         result.params = jax.device_get(state.params)
     return result
