@@ -3,7 +3,7 @@
     python -m whyconv.bench            # or: make bench
 
 On the machine at hand it measures the float32 matmul peak, then for every family at three
-parameter budgets: first-step compile time, steady-state training throughput, analytic FLOPs
+parameter budgets: first-call compile time, steady-state training throughput, analytic FLOPs
 per step, achieved GFLOP/s and its share of the peak, XLA's memory estimate, and the same
 architecture trained the same way in PyTorch (when installed: the `bench` extra). It also
 times the LCN's matrix products alone (the most of the peak an LCN step could reach) and seeds
@@ -32,7 +32,7 @@ from whyconv.capacity import Match, Skeleton, solve_width
 from whyconv.compute import train_flops
 from whyconv.models import FAMILIES, build_model, per_position_product
 from whyconv.provenance import code_version
-from whyconv.training import compiler_options, loop_steps, steps_per_call
+from whyconv.training import STEPS_PER_CALL, compiler_options, loop_steps, steps_per_call
 
 FASHION = Skeleton((28, 28, 1), 10)
 BUDGETS = (10_000, 100_000, 1_000_000)
@@ -318,6 +318,8 @@ def markdown(result: dict) -> str:
         "through JAX at its default precision; the reference for 'share of peak').",
         "- FLOPs are analytic: three forward passes per training step. An LCN does the same arithmetic",
         "  as the CNN of the same width; sharing saves parameters, not FLOPs.",
+        f"- Steps per jitted call as in training: {STEPS_PER_CALL}, on a CPU 1 for the CNNs (whyconv.training."
+        "steps_per_call); each call takes two batches in turn.",
         "",
         "| family | budget | width | parameters | compile s | images/s | GFLOP/step | GFLOP/s | share of peak "
         "| XLA memory MB | PyTorch images/s | whyconv / PyTorch |",
