@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from whyconv.bench import FASHION, Row, bench_jax, describe_cpu, lcn_products_seconds, markdown, progress_line
+from whyconv.bench import FASHION, Row, bench_jax, describe_cpu, lcn_products_seconds, markdown, progress_line, timed
 from whyconv.capacity import param_count, spatial_sizes
 from whyconv.compute import forward_flops, train_flops
 from whyconv.models import FAMILIES, build_model
@@ -115,3 +115,19 @@ def test_cpu_description_names_the_vector_extensions():
            "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu\n")
     assert describe_cpu(x86) == ("Intel(R) Xeon(R) Processor", ["AVX2", "AVX-512", "AMX"])
     assert describe_cpu("processor\t: 0\nFeatures\t: fp asimd sve\n") == (None, ["NEON", "SVE"])
+
+
+def test_timing_keeps_at_most_one_call_waiting():
+    # Calls that return at once and finish later, as JAX's do: the timer must not queue them up
+    # for `seconds` and then wait for them all, far past it.
+    issued, done, most_pending = [], set(), [0]
+
+    def call():
+        issued.append(len(issued))
+        most_pending[0] = max(most_pending[0], len(issued) - len(done))
+        return issued[-1]
+
+    seconds_per_call = timed(call, seconds=0.05, min_calls=3, wait=done.add)
+    assert most_pending[0] == 2  # the call being waited for, and the next one
+    assert done == set(issued) and len(issued) >= 4  # the warm-up call and at least three timed
+    assert seconds_per_call > 0
