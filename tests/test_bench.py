@@ -1,12 +1,14 @@
 """The benchmark's arithmetic and its PyTorch twins (the figures themselves are not tested)."""
 
 import dataclasses
+import json
 
 import jax
 import numpy as np
 import pytest
 
-from whyconv.bench import FASHION, Row, bench_jax, describe_cpu, lcn_products_seconds, markdown, progress_line, timed
+from whyconv.bench import (FASHION, Row, bench_jax, describe_cpu, lcn_products_seconds, main, markdown, progress_line,
+                           timed)
 from whyconv.capacity import param_count, spatial_sizes
 from whyconv.compute import forward_flops, train_flops
 from whyconv.models import FAMILIES, build_model
@@ -131,3 +133,37 @@ def test_timing_keeps_at_most_one_call_waiting():
     assert most_pending[0] == 2  # the call being waited for, and the next one
     assert done == set(issued) and len(issued) >= 4  # the warm-up call and at least three timed
     assert seconds_per_call > 0
+
+
+def test_a_subset_of_cells_is_measured_and_written(tmp_path, capsys):
+    main(["--families", "mlp", "--budgets", "10000", "--seconds", "0.01", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert [(r["family"], r["budget"]) for r in result["rows"]] == [("mlp", 10_000)]
+    assert list(result["seeds_at_100k_images_per_second"]) == ["mlp"] and result["lcn_products"] == {}
+    assert (tmp_path / "benchmarks.md").read_text() == markdown(result)
+    assert "MLP at 10,000 (width 12)" in capsys.readouterr().out  # progress as it goes
+
+
+def test_bad_requests_fail_before_measuring_anything(tmp_path, monkeypatch, capsys):
+    import whyconv.bench as bench
+
+    monkeypatch.setattr(bench, "matmul_peak", lambda seconds: pytest.fail("measured before checking"))
+    with pytest.raises(SystemExit):
+        main(["--families", "cnn", "--budgets", "500", "--out", str(tmp_path)])
+    assert "budget 500 is below the minimum of family 'cnn'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--families", "resnet", "--out", str(tmp_path)])
+    assert "invalid choice: 'resnet'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_interrupted_run_writes_nothing(tmp_path, monkeypatch):
+    import whyconv.bench as bench
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "run", interrupted)
+    with pytest.raises(SystemExit, match="interrupted: nothing written"):
+        main(["--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir())

@@ -1,6 +1,7 @@
 """The benchmark: training throughput of every family against the machine's own limits.
 
-    python -m whyconv.bench            # or: make bench
+    python -m whyconv.bench                              # or: make bench
+    python -m whyconv.bench --families lcn --budgets 100000 --out /tmp/lcn   # one cell
 
 On the machine at hand it measures the float32 matmul peak, then for every family at three
 parameter budgets: first-call compile time, steady-state training throughput, analytic FLOPs
@@ -8,7 +9,8 @@ per step, achieved GFLOP/s and its share of the peak, XLA's memory estimate, and
 architecture trained the same way in PyTorch (when installed: the `bench` extra). It also
 times the LCN's matrix products alone (the most of the peak an LCN step could reach) and seeds
 trained together (vmap) against one after another. Results go to
-reports/benchmarks.md and reports/benchmarks.json. This is not a test: it reports figures.
+reports/benchmarks.md and reports/benchmarks.json (or --out). This is not a test: it reports
+figures. To measure a change to one family, time only it (--families, --budgets), before and after.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +30,7 @@ import numpy as np
 import optax
 
 from whyconv.atomic import write_text
-from whyconv.capacity import Match, Skeleton, solve_width
+from whyconv.capacity import BudgetError, Match, Skeleton, solve_width
 from whyconv.compute import train_flops
 from whyconv.models import FAMILIES, build_model, per_position_product
 from whyconv.provenance import code_version
@@ -267,13 +269,16 @@ def cores_used() -> tuple[int, int]:
     return usable, os.cpu_count() or usable
 
 
-def run(seconds: float, batch: int, budgets: tuple[int, ...]) -> dict:
-    peak = matmul_peak()
+def run(seconds: float, batch: int, budgets: Sequence[int] = BUDGETS,
+        families: Sequence[str] = FAMILIES) -> dict:
+    """Measure every family in `families` at every budget in `budgets` (see the module docstring)."""
+    widths = {(f, b): width_near(f, b) for f in families for b in budgets}  # a budget too small fails here
+    peak = matmul_peak(min(seconds, 1.0))
     print(f"float32 matmul peak: {peak:.0f} GFLOP/s", flush=True)
     rows = []
-    for family in FAMILIES:
+    for family in families:
         for budget in budgets:
-            match = width_near(family, budget)
+            match = widths[family, budget]
             compile_s, ips, mb = bench_jax(family, match.width, batch, seconds)
             step_flops = train_flops(family, match.width, FASHION, batch)
             gflops = step_flops * ips / batch / 1e9
@@ -285,8 +290,8 @@ def run(seconds: float, batch: int, budgets: tuple[int, ...]) -> dict:
             print(progress_line(row), flush=True)
             rows.append(row)
     lcn_products = {}
-    for budget in budgets:
-        width = width_near("lcn", budget).width
+    for budget in budgets if "lcn" in families else ():
+        width = widths["lcn", budget].width
         product_seconds = lcn_products_seconds(width, batch, seconds)
         best_share = train_flops("lcn", width, FASHION, batch) / product_seconds / 1e9 / peak
         lcn_products[str(budget)] = {"width": width, "products_ms_per_step": round(1e3 * product_seconds, 3),
@@ -294,7 +299,7 @@ def run(seconds: float, batch: int, budgets: tuple[int, ...]) -> dict:
         print(f"LCN at {budget:,}, its matrix products alone: {1e3 * product_seconds:.2f} ms per step, "
               f"at most {best_share:.0%} of the peak", flush=True)
     seeds = {}
-    for family in FAMILIES:
+    for family in families:
         seeds[family] = bench_seeds(family, width_near(family, 100_000).width, batch, 3, seconds)
         print(f"{family.upper()} at 100,000, 3 seeds: {seeds[family]['together']:,.0f} images/s vmapped together, "
               f"{seeds[family]['one_by_one']:,.0f} one after another", flush=True)
@@ -336,7 +341,7 @@ def markdown(result: dict) -> str:
             f"| {r['family'].upper()} | {r['budget']:,} | {r['width']} | {r['params']:,} | "
             f"{r['compile_seconds']:.2f} | {r['images_per_second']:,} | {r['train_gflop_per_step']:.3f} | "
             f"{r['gflops']:.1f} | {100 * r['share_of_peak']:.0f}% | {r['xla_memory_mb']:.0f} | {torch_ips} | {ratio} |")
-    if "lcn_products" in result:  # older results lack it
+    if result.get("lcn_products"):  # older results, and runs without the LCN, lack it
         lines += ["", "The LCN's matrix products alone (each layer's, forward and backward, as XLA compiles them on",
                   "their own): a step also builds patches, applies activations, the classifier and the optimizer,",
                   "so its share of the peak cannot exceed the last column.", "",
@@ -344,9 +349,10 @@ def markdown(result: dict) -> str:
         for budget, p in result["lcn_products"].items():
             lines.append(f"| {int(budget):,} | {p['width']} | {p['products_ms_per_step']:.2f} | "
                          f"{100 * p['best_share_of_peak']:.0f}% |")
+    seeds = result["seeds_at_100k_images_per_second"]
     lines += ["", "Seeds at the 100k budget, 3 seeds, images/s over all seeds:", "",
               "| family | vmapped together | one after another |", "|---|---:|---:|"]
-    for family, s in result["seeds_at_100k_images_per_second"].items():
+    for family, s in seeds.items():
         lines.append(f"| {family.upper()} | {s['together']:,} | {s['one_by_one']:,} |")
     return "\n".join(lines) + "\n"
 
@@ -374,15 +380,25 @@ def cores_line(machine: dict) -> list[str]:
             f"{machine['cores']} of its {machine['machine_cores']} cores (the peak below is theirs too)."]
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per configuration")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--out", type=Path, default=Path("reports"))
-    args = parser.parse_args()
-    if args.seconds <= 0 or args.batch_size <= 0:
-        parser.error("--seconds and --batch-size must be positive")
-    result = run(args.seconds, args.batch_size, BUDGETS)
+    parser.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES),
+                        help="the families to measure (default: all)")
+    parser.add_argument("--budgets", nargs="+", type=int, default=list(BUDGETS), metavar="PARAMS",
+                        help="parameter budgets (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("reports"), help="folder for benchmarks.md and .json")
+    args = parser.parse_args(argv)
+    if args.seconds <= 0 or args.batch_size <= 0 or min(args.budgets) <= 0:
+        parser.error("--seconds, --batch-size and --budgets must be positive")
+    try:
+        result = run(args.seconds, args.batch_size, sorted(set(args.budgets)),
+                     [f for f in FAMILIES if f in args.families])
+    except BudgetError as error:
+        parser.error(str(error))
+    except KeyboardInterrupt:
+        raise SystemExit("benchmark interrupted: nothing written (a run writes its files only when complete)")
     write_text(args.out / "benchmarks.json", json.dumps(result, indent=2) + "\n")
     write_text(args.out / "benchmarks.md", markdown(result))
     print(markdown(result))
