@@ -27,6 +27,7 @@ test: setup
 
 # Training throughput of every family against this machine's matmul peak and PyTorch:
 # writes reports/benchmarks.md and .json. PyTorch comes from the `bench` extra.
+# Options go through ARGS, e.g. make bench ARGS='--families lcn --budgets 100000 --out /tmp/lcn'.
 bench: setup
 	python -m pip install -q -c requirements.lock -e '.[bench]'
-	python -m whyconv.bench
+	python -m whyconv.bench $(ARGS)
