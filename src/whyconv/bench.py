@@ -349,10 +349,9 @@ def markdown(result: dict) -> str:
         for budget, p in result["lcn_products"].items():
             lines.append(f"| {int(budget):,} | {p['width']} | {p['products_ms_per_step']:.2f} | "
                          f"{100 * p['best_share_of_peak']:.0f}% |")
-    seeds = result["seeds_at_100k_images_per_second"]
     lines += ["", "Seeds at the 100k budget, 3 seeds, images/s over all seeds:", "",
               "| family | vmapped together | one after another |", "|---|---:|---:|"]
-    for family, s in seeds.items():
+    for family, s in result["seeds_at_100k_images_per_second"].items():
         lines.append(f"| {family.upper()} | {s['together']:,} | {s['one_by_one']:,} |")
     return "\n".join(lines) + "\n"
 
