@@ -7,8 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from whyconv.bench import (FASHION, Row, bench_jax, describe_cpu, lcn_products_seconds, main, markdown, progress_line,
-                           timed)
+from whyconv.bench import (FASHION, Row, bench_jax, comparison, describe_cpu, lcn_products_seconds, main, markdown,
+                           progress_line, timed)
 from whyconv.capacity import param_count, spatial_sizes
 from whyconv.compute import forward_flops, train_flops
 from whyconv.models import FAMILIES, build_model
@@ -64,7 +64,7 @@ def test_torch_twins_compute_what_the_flax_models_compute(family):
     assert len(weights) == 2 * len(layers)
     with torch.no_grad():
         for name, weight, bias in zip(layers, weights[::2], weights[1::2]):
-            weight.copy_(torch.from_numpy(np.ascontiguousarray(torch_layout(name, np.asarray(params[name]["kernel"]), flat_from))))
+            weight.copy_(torch.from_numpy(np.ascontiguousarray(torch_layout(name, np.array(params[name]["kernel"]), flat_from))))
             b = np.array(params[name]["bias"])
             bias.copy_(torch.from_numpy(b.transpose(2, 0, 1) if b.ndim == 3 else b).reshape(bias.shape))
         out = twin(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
@@ -82,12 +82,17 @@ def test_torch_twins_have_the_same_parameter_count(family):
         assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
+def result_row(family="cnn", budget=10_000, width=9, images_per_second=1000, torch_images_per_second=None) -> dict:
+    """One row of a run's `benchmarks.json` (the figures made up)."""
+    return {"family": family, "budget": budget, "width": width, "params": 10_396, "compile_seconds": 1.0,
+            "images_per_second": images_per_second, "train_gflop_per_step": 0.1, "gflops": 10.0,
+            "share_of_peak": 0.05, "xla_memory_mb": 12.0, "torch_images_per_second": torch_images_per_second,
+            "speedup_vs_torch": torch_images_per_second and round(images_per_second / torch_images_per_second, 2)}
+
+
 def test_markdown_table_lists_every_row():
-    row = {"family": "cnn", "budget": 10_000, "width": 9, "params": 10_396, "compile_seconds": 1.0,
-           "images_per_second": 1000, "train_gflop_per_step": 0.1, "gflops": 10.0, "share_of_peak": 0.05,
-           "xla_memory_mb": 12.0, "torch_images_per_second": None, "speedup_vs_torch": None}
     result = {"machine": {"devices": ["cpu"], "jax": "x"}, "batch_size": 128, "matmul_peak_gflops": 100.0,
-              "rows": [row], "seeds_at_100k_images_per_second": {"cnn": {"together": 1, "one_by_one": 2}}}
+              "rows": [result_row()], "seeds_at_100k_images_per_second": {"cnn": {"together": 1, "one_by_one": 2}}}
     text = markdown(result)
     assert "| CNN | 10,000 | 9 | 10,396 |" in text and "n/a" in text
     assert "Processor" not in text  # results from before the cores were recorded
@@ -167,3 +172,38 @@ def test_an_interrupted_run_writes_nothing(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="interrupted: nothing written"):
         main(["--out", str(tmp_path)])
     assert not list(tmp_path.iterdir())
+
+
+def run_result(rows: list[dict], peak: float = 100.0, cores: int = 2) -> dict:
+    return {"code_version": "abc1234", "machine": {"processor": "AMD EPYC", "cores": cores, "machine_cores": 2},
+            "batch_size": 128, "matmul_peak_gflops": peak, "rows": rows}
+
+
+def test_two_runs_are_compared_cell_by_cell(tmp_path, capsys):
+    before = run_result([result_row("cnn", images_per_second=1000, torch_images_per_second=500),
+                         result_row("lcn", 10_000, width=2), result_row("gconv", 10_000, width=3)])
+    after = run_result([result_row("cnn", images_per_second=1500, torch_images_per_second=550),
+                        result_row("lcn", 10_000, width=3, images_per_second=900),
+                        result_row("mlp", 10_000, width=12)], peak=110.0)
+    (tmp_path / "before").mkdir()
+    (tmp_path / "before" / "benchmarks.json").write_text(json.dumps(before))
+    (tmp_path / "after.json").write_text(json.dumps(after))
+    main(["--compare", str(tmp_path / "before"), str(tmp_path / "after.json")])  # a folder or the file itself
+    text = capsys.readouterr().out
+    assert text == comparison(before, after)
+    assert "| CNN | 10,000 | 9 | 1,000 | 1,500 | 1.50x | 1.10x |" in text  # PyTorch's column: the drift
+    assert "| LCN | 10,000 | 2 -> 3 | 1,000 | 900 | 0.90x | n/a |" in text
+    assert "Measured in one run only: MLP at 10,000 (after only); GCONV at 10,000 (before only)." in text
+    assert "Matmul peak, after / before: 1.10x" in text and "differ" not in text
+    assert "The runs differ in processor, cores or batch size" in comparison(before, run_result([], cores=1))
+
+
+def test_comparing_what_is_not_a_run_says_what_is_wrong(tmp_path, capsys):
+    (tmp_path / "broken.json").write_text("{")
+    (tmp_path / "other.json").write_text(json.dumps({"rows": []}))
+    for path, message in ((tmp_path / "missing", "missing: no such file"),
+                          (tmp_path / "broken.json", "broken.json cannot be read as a benchmark result"),
+                          (tmp_path / "other.json", "other.json is not a benchmark result")):
+        with pytest.raises(SystemExit):
+            main(["--compare", str(path), str(path)])
+        assert message in capsys.readouterr().err

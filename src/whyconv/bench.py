@@ -2,6 +2,7 @@
 
     python -m whyconv.bench                              # or: make bench
     python -m whyconv.bench --families lcn --budgets 100000 --out /tmp/lcn   # one cell
+    python -m whyconv.bench --compare /tmp/before /tmp/after     # two runs, cell by cell
 
 On the machine at hand it measures the float32 matmul peak, then for every family at three
 parameter budgets: first-call compile time, steady-state training throughput, analytic FLOPs
@@ -10,7 +11,8 @@ architecture trained the same way in PyTorch (when installed: the `bench` extra)
 times the LCN's matrix products alone (the most of the peak an LCN step could reach) and seeds
 trained together (vmap) against one after another. Results go to
 reports/benchmarks.md and reports/benchmarks.json (or --out). This is not a test: it reports
-figures. To measure a change to one family, time only it (--families, --budgets), before and after.
+figures. To measure a change to one family, time only it (--families, --budgets), before and after,
+and compare the two runs (--compare).
 """
 
 from __future__ import annotations
@@ -379,6 +381,65 @@ def cores_line(machine: dict) -> list[str]:
             f"{machine['cores']} of its {machine['machine_cores']} cores (the peak below is theirs too)."]
 
 
+def load_result(path: Path) -> dict:
+    """A run's `benchmarks.json`, given as the file or the folder holding it."""
+    file = path / "benchmarks.json" if path.is_dir() else path
+    try:
+        result = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{file}: no such file (a benchmark run writes it into its --out folder)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{file} cannot be read as a benchmark result: {error}") from None
+    if not isinstance(result, dict) or not {"rows", "matmul_peak_gflops"} <= result.keys():
+        keys = f"; its keys: {', '.join(map(str, result))}" if isinstance(result, dict) else ""
+        raise ValueError(f"{file} is not a benchmark result (no 'rows' or 'matmul_peak_gflops'{keys})")
+    return result
+
+
+def run_setting(result: dict) -> tuple:
+    """What a run's figures depend on besides the code: processor, cores, batch size."""
+    machine = result.get("machine", {})
+    return machine.get("processor"), machine.get("cores"), result.get("batch_size")
+
+
+def comparison(before: dict, after: dict) -> str:
+    """Markdown: the cells both runs measured, after against before.
+
+    The peak and PyTorch's throughput (when both runs have it) are the controls: a change to
+    whyconv moves neither, so their ratios show how much the machine itself moved between runs.
+    """
+    lines = ["# whyconv benchmark: after against before", ""]
+    for label, result in (("before", before), ("after", after)):
+        machine = result.get("machine", {})
+        cores = f", {machine['cores']} of {machine['machine_cores']} cores" if "cores" in machine else ""
+        lines.append(f"- {label}: code `{result.get('code_version', 'unrecorded')}`, "
+                     f"{machine.get('processor', 'processor unrecorded')}{cores}, batch {result.get('batch_size')}, "
+                     f"matmul peak {result['matmul_peak_gflops']:,.0f} GFLOP/s")
+    if run_setting(before) != run_setting(after):
+        lines.append("- **The runs differ in processor, cores or batch size: their ratios mix the change with that.**")
+    lines += [f"- Matmul peak, after / before: {after['matmul_peak_gflops'] / before['matmul_peak_gflops']:.2f}x "
+              "(the machine's own drift; so is PyTorch's column, which a change to whyconv does not touch).", "",
+              "| family | budget | width | images/s before | images/s after | after / before "
+              "| PyTorch after / before |", "|---|---:|---:|---:|---:|---:|---:|"]
+    cells = {(r["family"], r["budget"]): r for r in before["rows"]}
+    unmatched = []
+    for new in after["rows"]:
+        old = cells.pop((new["family"], new["budget"]), None)
+        if old is None:
+            unmatched.append(f"{new['family'].upper()} at {new['budget']:,} (after only)")
+            continue
+        width = str(new["width"]) if new["width"] == old["width"] else f"{old['width']} -> {new['width']}"
+        old_torch, new_torch = old.get("torch_images_per_second"), new.get("torch_images_per_second")
+        torch_ratio = f"{new_torch / old_torch:.2f}x" if old_torch and new_torch else "n/a"
+        lines.append(f"| {new['family'].upper()} | {new['budget']:,} | {width} | {old['images_per_second']:,} | "
+                     f"{new['images_per_second']:,} | {new['images_per_second'] / old['images_per_second']:.2f}x "
+                     f"| {torch_ratio} |")
+    unmatched += [f"{family.upper()} at {budget:,} (before only)" for family, budget in cells]
+    if unmatched:
+        lines += ["", "Measured in one run only: " + "; ".join(unmatched) + "."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per configuration")
@@ -388,7 +449,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--budgets", nargs="+", type=int, default=list(BUDGETS), metavar="PARAMS",
                         help="parameter budgets (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="folder for benchmarks.md and .json")
+    parser.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"),
+                        help="measure nothing: print two earlier runs' images/s side by side (each a "
+                             "benchmarks.json or its folder)")
     args = parser.parse_args(argv)
+    if args.compare:
+        try:
+            print(comparison(*map(load_result, args.compare)), end="")
+        except ValueError as error:
+            parser.error(str(error))
+        return
     if args.seconds <= 0 or args.batch_size <= 0 or min(args.budgets) <= 0:
         parser.error("--seconds, --batch-size and --budgets must be positive")
     try:
