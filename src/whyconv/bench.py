@@ -410,10 +410,10 @@ def comparison(before: dict, after: dict) -> str:
     """
     lines = ["# whyconv benchmark: after against before", ""]
     for label, result in (("before", before), ("after", after)):
-        machine = result.get("machine", {})
-        cores = f", {machine['cores']} of {machine['machine_cores']} cores" if "cores" in machine else ""
+        processor, cores, batch = run_setting(result)
+        of_cores = f", {cores} of {result['machine']['machine_cores']} cores" if cores else ""
         lines.append(f"- {label}: code `{result.get('code_version', 'unrecorded')}`, "
-                     f"{machine.get('processor', 'processor unrecorded')}{cores}, batch {result.get('batch_size')}, "
+                     f"{processor or 'processor unrecorded'}{of_cores}, batch {batch}, "
                      f"matmul peak {result['matmul_peak_gflops']:,.0f} GFLOP/s")
     if run_setting(before) != run_setting(after):
         lines.append("- **The runs differ in processor, cores or batch size: their ratios mix the change with that.**")
