@@ -4,11 +4,12 @@ import dataclasses
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from whyconv.bench import (FASHION, Row, bench_jax, comparison, describe_cpu, lcn_products_seconds, main, markdown,
-                           progress_line, timed)
+from whyconv.bench import (FASHION, Row, bench_jax, comparison, describe_cpu, jax_step, lcn_products_seconds, main,
+                           markdown, memory_mb, progress_line, timed)
 from whyconv.capacity import param_count, spatial_sizes
 from whyconv.compute import forward_flops, train_flops
 from whyconv.models import FAMILIES, build_model
@@ -25,6 +26,20 @@ def test_flops_follow_the_layers():
 def test_jax_measurement_runs():
     compile_seconds, images_per_second, memory_mb = bench_jax("mlp", 4, 8, seconds=0.01)
     assert compile_seconds > 0 and images_per_second > 0 and memory_mb > 0
+
+
+@pytest.mark.parametrize("together", [False, True])
+def test_the_timed_call_updates_its_state_in_place_as_training_does(together):
+    step, states, x, y, _ = jax_step("mlp", 4, 8, seeds=2, together=together)
+    params, opt = states[0]
+    step(params, opt, x, y)
+    assert all(leaf.is_deleted() for leaf in jax.tree.leaves((params, opt)))
+
+
+def test_memory_counts_a_donated_buffer_once():
+    megabyte = jnp.zeros(2**18, jnp.float32)
+    compiled = jax.jit(lambda a: a + 1, donate_argnums=0).lower(megabyte).compile()
+    assert memory_mb(compiled.memory_analysis()) == pytest.approx(1.0, abs=0.01)
 
 
 def test_lcn_products_are_timed_for_every_layer(monkeypatch):
