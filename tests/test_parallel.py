@@ -158,14 +158,20 @@ def test_an_interrupted_sweep_stops_its_stages_starts_no_more_and_says_so(tmp_pa
     monkeypatch.setattr(sweep, "dvc", lambda *args: [
         "sh", "-c", f"echo {args[-1]} >> {started}; "
                     + (f"sleep 0.5; kill -INT {os.getpid()}; " if args[-1] == "second" else "") + "sleep 60"])
+    # Python's own Ctrl-C handler, even where the suite was started with SIGINT ignored (as a
+    # shell starts a background job), which would leave the sweep nothing to catch.
+    launched_with = signal.signal(signal.SIGINT, signal.default_int_handler)
     began = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        sweep.run_parallel(["first", "second", "third"], jobs=2, logs=tmp_path / "logs")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sweep.run_parallel(["first", "second", "third"], jobs=2, logs=tmp_path / "logs")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again
+    finally:
+        signal.signal(signal.SIGINT, launched_with)
     assert time.monotonic() - began < 30  # the stages stopped: not their 60 s
     assert sorted(started.read_text().split()) == ["first", "second"]  # the third never started
     out = capsys.readouterr().out
     assert "interrupted first" in out and "interrupted second" in out and "FAILED" not in out
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again
 
 
 def test_sweep_plans_stale_stages_and_their_downstream_from_the_dag():
