@@ -44,6 +44,11 @@ def batch_first_apply(layer: LocallyConnected):
     return lambda params, x: jnp.transpose(layer.apply(params, to_batch_last(x)), (3, 0, 1, 2))
 
 
+def to_channels_first(x):
+    """(batch, height, width, channels) -> CircularConv's (batch, channels, height, width)."""
+    return np.transpose(x, (0, 3, 1, 2))
+
+
 def direct_circular_conv(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, stride: int) -> np.ndarray:
     """The definition, term by term: out[p, q] = sum_ij x[(p - i) mod H, (q - j) mod W] k[i, j]."""
     _, height, width, _ = x.shape
@@ -61,11 +66,12 @@ def direct_circular_conv(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, st
 def test_circular_conv_equals_direct_circular_convolution(shape, features, stride):
     x = np.asarray(jax.random.normal(jax.random.key(0), shape), np.float64)
     layer = CircularConv(features, stride)
-    params = layer.init(jax.random.key(1), x)
+    params = layer.init(jax.random.key(1), to_channels_first(x))
     params = jax.tree.map(lambda p: jax.random.normal(jax.random.key(2), p.shape), params)
     expected = direct_circular_conv(x, np.asarray(params["params"]["kernel"], np.float64),
                                     np.asarray(params["params"]["bias"], np.float64), stride)
-    np.testing.assert_allclose(layer.apply(params, x.astype(np.float32)), expected, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(layer.apply(params, to_channels_first(x.astype(np.float32))),
+                               to_channels_first(expected), atol=1e-4, rtol=1e-4)
 
 
 def test_two_switches_make_the_spatial_families():
@@ -84,9 +90,9 @@ def test_pooled_cnn_is_invariant_to_circular_shifts_and_gconv_equivariant():
     x = np.asarray(jax.random.normal(jax.random.key(0), (1, 12, 12, 1)))
     shifted = np.roll(x, (3, 5), axis=(1, 2))
     layer = CircularConv(2, 1)
-    params = layer.init(jax.random.key(1), x)
-    np.testing.assert_allclose(np.roll(layer.apply(params, x), (3, 5), axis=(1, 2)),
-                               layer.apply(params, shifted), atol=1e-5)
+    params = layer.init(jax.random.key(1), to_channels_first(x))
+    np.testing.assert_allclose(np.roll(layer.apply(params, to_channels_first(x)), (3, 5), axis=(2, 3)),
+                               layer.apply(params, to_channels_first(shifted)), atol=1e-5)
     gconv_pool = SpatialNet(2, 3, local=False, shared=True, pool=True, stride=1)
     params = gconv_pool.init(jax.random.key(1), x)
     np.testing.assert_allclose(gconv_pool.apply(params, x), gconv_pool.apply(params, shifted), atol=1e-5)
