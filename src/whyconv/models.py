@@ -26,6 +26,10 @@ FAMILIES = ("mlp", "lcn", "gconv", "cnn", "cnn_gap")
 # (local, shared, pool) of each spatial family.
 SPATIAL = {"lcn": (True, False, False), "gconv": (False, True, False), "cnn": (True, True, False),
            "cnn_gap": (True, True, True)}
+# The layout each (local, shared) layer works in, as a transpose of the image's (batch, height,
+# width, channels): the LCN's batch-last (see LocallyConnected), the GConv's channels-first (see
+# CircularConv); the CNN's nn.Conv takes the image's own.
+LAYOUTS = {(True, False): (1, 2, 3, 0), (False, True): (0, 3, 1, 2)}
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -171,9 +175,7 @@ class SpatialNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        # The layout the layers work in, from the image's (batch, height, width, channels): the
-        # LCN's batch-last (see LocallyConnected), the GConv's channels-first (see CircularConv).
-        layout = (1, 2, 3, 0) if self.local and not self.shared else (0, 3, 1, 2) if not self.local else None
+        layout = LAYOUTS.get((self.local, self.shared))
         if layout:
             x = jnp.transpose(x, layout)
         for depth in range(self.depth):
