@@ -126,6 +126,19 @@ def test_two_processes_through_jax_distributed_train_like_one(unused_tcp_port):
         assert two["test_loss"] == pytest.approx(one["test_loss"], rel=1e-5)
 
 
+def test_the_cuda_extra_installs_the_jax_that_training_runs_on():
+    # No GPU runs in CI, so this is the check that `pip install -e '.[cuda]'` cannot pull in a
+    # JAX (and so a CUDA plugin) other than the one pinned and tested here.
+    import tomllib
+
+    import jax
+
+    project = tomllib.loads((TESTS.parent / "pyproject.toml").read_text())["project"]
+    version = next(dep.split("==")[1] for dep in project["dependencies"] if dep.startswith("jax=="))
+    assert version == jax.__version__
+    assert project["optional-dependencies"]["cuda"] == [f"jax[cuda13]=={version}"]
+
+
 def test_sweep_runs_exactly_the_training_stages_and_deals_out_every_core():
     from whyconv.sweep import core_shares, training_stages
 
