@@ -12,6 +12,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import psutil
 import pytest
 import yaml
 from flax import serialization
@@ -90,11 +91,27 @@ def test_checkpoint_from_other_settings_is_never_reused(tmp_path):
 def test_cell_that_cannot_fit_in_memory_stops_with_its_estimate(tmp_path, monkeypatch):
     work = make_workdir(tmp_path, epochs=1)
     monkeypatch.chdir(work)
-    monkeypatch.setattr(resources, "available_bytes", lambda: 2**20)
+    monkeypatch.setattr(resources, "free_memory", lambda: (2**20, "this machine"))
     params = parse(yaml.safe_load(Path("params.yaml").read_text()))
-    with pytest.raises(StudyError, match=r"cell cnn-10000 needs about .* GiB .*activations of a batch of 32"):
+    with pytest.raises(StudyError, match=r"cell cnn-10000 needs about .* GiB .*activations of a batch of 32.*"
+                                         r"is free on this machine"):
         train_cell(params, data.load(Path("data/prepared")), "cnn", budget=10000)
     assert not Path("runs/budget").exists()
+
+
+def test_free_memory_is_the_accelerators_own_where_training_runs_on_one(monkeypatch):
+    if jax.default_backend() == "cpu":  # JAX reports no memory of a CPU's own: the host's counts
+        free, where = resources.free_memory()
+        assert where == "this machine" and 0 < free <= psutil.virtual_memory().total
+
+    class Device:  # what JAX reports for a GPU: its memory limit and what is in use
+        device_kind = "NVIDIA H200"
+
+        def memory_stats(self):
+            return {"bytes_limit": 16 * 2**30, "bytes_in_use": 2**30}
+
+    monkeypatch.setattr(resources.jax, "local_devices", lambda: [Device()])
+    assert resources.free_memory() == (15 * 2**30, "the NVIDIA H200")
 
 
 def test_memory_estimate_counts_parameters_and_activations():

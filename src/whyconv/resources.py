@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import psutil
 
 from whyconv.capacity import Skeleton, param_count, spatial_sizes
@@ -41,15 +42,21 @@ def estimate_bytes(family: str, width: int, skeleton: Skeleton, batch_size: int,
     }
 
 
-def available_bytes() -> int:
-    return psutil.virtual_memory().available
+def free_memory() -> tuple[int, str]:
+    """Free bytes where training keeps its arrays, and where that is: an accelerator's own
+    memory (a GPU's, a TPU's), or the host's on a CPU, where JAX reports no memory of its own."""
+    device = jax.local_devices()[0]
+    stats = device.memory_stats()
+    if stats and "bytes_limit" in stats:
+        return stats["bytes_limit"] - stats.get("bytes_in_use", 0), f"the {device.device_kind}"
+    return psutil.virtual_memory().available, "this machine"
 
 
 def check_memory(cell: str, estimate: dict[str, int]) -> None:
     """Stop with a message naming the cell and the estimate when it cannot fit."""
-    need, free = sum(estimate.values()), available_bytes()
+    (free, where), need = free_memory(), sum(estimate.values())
     if need > free:
         parts = ", ".join(f"{name} {size / 2**30:.2f}" for name, size in estimate.items())
         raise StudyError(
             f"cell {cell} needs about {need / 2**30:.2f} GiB ({parts}) but only {free / 2**30:.2f} GiB "
-            f"is free. Fix: lower train.batch_size or this budget, or free memory.")
+            f"is free on {where}. Fix: lower train.batch_size or this budget, or free memory.")
