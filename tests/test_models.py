@@ -1,4 +1,5 @@
-"""The fast locally connected layer and the FFT circular convolution against references; the two switches."""
+"""The fast locally connected layer, the FFT circular convolution and the CNN's phased input gradient
+against references; the two switches."""
 
 import dataclasses
 
@@ -8,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from whyconv.models import CircularConv, LocallyConnected, SpatialNet, build_model
+from whyconv.models import (PHASED_GRADIENT_MIN_CHANNELS, CircularConv, LocallyConnected, SpatialNet, build_model,
+                            cnn_conv, stride2_conv_phased)
 
 
 @pytest.mark.parametrize("shape, features, kernel, stride", [
@@ -96,6 +98,45 @@ def test_pooled_cnn_is_invariant_to_circular_shifts_and_gconv_equivariant():
     gconv_pool = SpatialNet(2, 3, local=False, shared=True, pool=True, stride=1)
     params = gconv_pool.init(jax.random.key(1), x)
     np.testing.assert_allclose(gconv_pool.apply(params, x), gconv_pool.apply(params, shifted), atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, features", [((2, 28, 28, 1), 3), ((3, 14, 14, 9), 18), ((2, 14, 14, 52), 104),
+                                             ((2, 6, 10, 4), 5)])  # non-square
+def test_phased_input_gradient_equals_xlas(shape, features):
+    x = jax.random.normal(jax.random.key(0), shape)
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, shape[3], features))
+    out_grad = jax.random.normal(jax.random.key(2), (shape[0], shape[1] // 2, shape[2] // 2, features))
+
+    def gradients(conv):
+        out, vjp = jax.vjp(conv, x, kernel)
+        return out, *vjp(out_grad)
+
+    reference = gradients(lambda x, k: jax.lax.conv_general_dilated(
+        x, k, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    phased = gradients(stride2_conv_phased)
+    for name, want, got in zip(("output", "input gradient", "kernel gradient"), reference, phased):
+        scale = float(jnp.abs(want).max())
+        np.testing.assert_allclose(got, want, atol=1e-6 * scale, rtol=0, err_msg=name)
+
+
+def test_cnn_takes_the_phased_gradient_only_where_it_measured_faster():
+    """Narrow layers (every CNN layer of the study but its widest) are XLA's plain convolution,
+    bit for bit; a wide layer's gradients match it to float rounding."""
+    for channels, phased in ((PHASED_GRADIENT_MIN_CHANNELS - 1, False), (PHASED_GRADIENT_MIN_CHANNELS, True)):
+        x = jax.random.normal(jax.random.key(0), (2, 14, 14, channels))
+        layer, plain = (nn.Conv(8, (3, 3), strides=2, padding="SAME", conv_general_dilated=conv)
+                        for conv in (cnn_conv, jax.lax.conv_general_dilated))
+        params = layer.init(jax.random.key(1), x)
+        loss = lambda apply: lambda p, x: (apply(p, x) ** 2).sum()
+        (got_p, got_x), (want_p, want_x) = (jax.grad(loss(m.apply), (0, 1))(params, x) for m in (layer, plain))
+        text = jax.jit(jax.grad(loss(layer.apply), (0, 1))).lower(params, x).as_text()
+        phased = phased and jax.default_backend() == "cpu"  # accelerators take XLA's own gradient
+        assert text.count("convolution(") == (6 if phased else 3)  # forward, kernel and input gradients
+        if phased:
+            np.testing.assert_allclose(got_x, want_x, rtol=1e-5, atol=1e-5)
+        else:
+            np.testing.assert_array_equal(got_x, want_x)
+            np.testing.assert_array_equal(got_p["params"]["kernel"], want_p["params"]["kernel"])
 
 
 def test_cnn_is_translation_equivariant_and_lcn_is_not():
