@@ -35,7 +35,7 @@ import optax
 from whyconv.atomic import write_text
 from whyconv.capacity import BudgetError, Match, Skeleton, solve_width
 from whyconv.compute import train_flops
-from whyconv.models import FAMILIES, build_model, per_position_product
+from whyconv.models import FAMILIES, build_model, per_position_product, usable_cores
 from whyconv.provenance import code_version
 from whyconv.training import STEPS_PER_CALL, compiler_options, loop_steps, steps_per_call
 
@@ -272,7 +272,7 @@ def processor() -> tuple[str, list[str]]:
 def cores_used() -> tuple[int, int]:
     """(cores this process may run on, cores the machine has): `taskset -c 0 make bench` gives
     (1, n), the share one sweep worker gets; XLA and PyTorch size their thread pools to the first."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    usable = usable_cores()
     return usable, os.cpu_count() or usable
 
 

@@ -17,6 +17,8 @@ before it: pooling, not sharing alone, is what makes a CNN's output shift-invari
 
 from __future__ import annotations
 
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -67,11 +69,18 @@ per_position_product.defvjp(_product_forward, _product_backward)
 
 # The CNN's input gradient by phases (below), measured in whole training steps on a Xeon with
 # AVX-512 and AMX (docs/performance.md): on two cores 1.06-1.34x as fast where the second layer
-# has 52 to 235 input channels, on one core 0.95-1.14x; narrower, even on two cores and down to
-# 0.83x on one. So it is taken from 48 input channels on, and on a CPU only (a GPU has its own).
+# has 52 to 235 input channels, even or slower below. On one core beside another stage, as the
+# study's workers run, it loses (the CNN at c = 52: 0.98-0.99x a step; 0.86x in a study run):
+# XLA's own gradient is slow on more than one thread, not on one. So it is taken by a process with
+# more than one core, from 48 input channels on, and on a CPU only (a GPU has its own kernels).
 PHASED_GRADIENT_MIN_CHANNELS = 48
 _NHWC = ("NHWC", "HWIO", "NHWC")
 _NHWC_NUMBERS = jax.lax.conv_dimension_numbers((1, 28, 28, 1), (3, 3, 1, 1), _NHWC)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (`taskset -c 0` gives 1), which XLA sizes its threads to."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _stride2_conv(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
@@ -124,8 +133,9 @@ def cnn_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=
              feature_group_count=1, precision=None, **options) -> jnp.ndarray:
     """`lax.conv_general_dilated` as `nn.Conv` calls it, taking `stride2_conv_phased` for the
     layers where that measured faster: 3x3, stride 2, 'SAME', an even-sized NHWC input with at
-    least `PHASED_GRADIENT_MIN_CHANNELS` channels, on a CPU. Every other layer is the plain call."""
-    phased = (jax.default_backend() == "cpu" and dimension_numbers == _NHWC_NUMBERS
+    least `PHASED_GRADIENT_MIN_CHANNELS` channels, in a process with more than one CPU core. Every
+    other layer is the plain call (so are all of them in the study's one-core workers)."""
+    phased = (jax.default_backend() == "cpu" and usable_cores() > 1 and dimension_numbers == _NHWC_NUMBERS
               and rhs.shape[:2] == (3, 3) and tuple(window_strides) == (2, 2) and padding == "SAME"
               and lhs.shape[1] % 2 == 0 and lhs.shape[2] % 2 == 0 and lhs.shape[3] >= PHASED_GRADIENT_MIN_CHANNELS
               and lhs_dilation in (None, (1, 1)) and rhs_dilation in (None, (1, 1)) and feature_group_count == 1
