@@ -75,7 +75,6 @@ per_position_product.defvjp(_product_forward, _product_backward)
 # more than one core, from 48 input channels on, and on a CPU only (a GPU has its own kernels).
 PHASED_GRADIENT_MIN_CHANNELS = 48
 _NHWC = ("NHWC", "HWIO", "NHWC")
-_NHWC_NUMBERS = jax.lax.conv_dimension_numbers((1, 28, 28, 1), (3, 3, 1, 1), _NHWC)
 
 
 def usable_cores() -> int:
@@ -129,21 +128,18 @@ def _phased_backward(saved, out_grad):
 stride2_conv_phased.defvjp(_phased_forward, _phased_backward)
 
 
-def cnn_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
-             feature_group_count=1, precision=None, **options) -> jnp.ndarray:
-    """`lax.conv_general_dilated` as `nn.Conv` calls it, taking `stride2_conv_phased` for the
-    layers where that measured faster: 3x3, stride 2, 'SAME', an even-sized NHWC input with at
-    least `PHASED_GRADIENT_MIN_CHANNELS` channels, in a process with more than one CPU core. Every
-    other layer is the plain call (so are all of them in the study's one-core workers)."""
-    phased = (jax.default_backend() == "cpu" and usable_cores() > 1 and dimension_numbers == _NHWC_NUMBERS
-              and rhs.shape[:2] == (3, 3) and tuple(window_strides) == (2, 2) and padding == "SAME"
-              and lhs.shape[1] % 2 == 0 and lhs.shape[2] % 2 == 0 and lhs.shape[3] >= PHASED_GRADIENT_MIN_CHANNELS
-              and lhs_dilation in (None, (1, 1)) and rhs_dilation in (None, (1, 1)) and feature_group_count == 1
-              and precision is None and not options)
+def cnn_conv(lhs, rhs, window_strides, padding, **options) -> jnp.ndarray:
+    """`lax.conv_general_dilated` as `SpatialNet`'s `nn.Conv` calls it (NHWC, no dilation), taking
+    `stride2_conv_phased` for the layers where that measured faster: 3x3, stride 2, 'SAME', an
+    even-sized input with at least `PHASED_GRADIENT_MIN_CHANNELS` channels, in a process with more
+    than one CPU core. Every other layer is the plain call (so are all of them in the study's
+    one-core workers)."""
+    phased = (jax.default_backend() == "cpu" and usable_cores() > 1 and rhs.shape[:2] == (3, 3)
+              and tuple(window_strides) == (2, 2) and padding == "SAME" and lhs.shape[1] % 2 == 0
+              and lhs.shape[2] % 2 == 0 and lhs.shape[3] >= PHASED_GRADIENT_MIN_CHANNELS)
     if phased:
         return stride2_conv_phased(lhs, rhs)
-    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                        dimension_numbers, feature_group_count, precision=precision, **options)
+    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **options)
 
 
 class LocallyConnected(nn.Module):
