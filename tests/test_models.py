@@ -2,6 +2,7 @@
 against references; the two switches."""
 
 import dataclasses
+import re
 
 import flax.linen as nn
 import jax
@@ -11,7 +12,7 @@ import pytest
 
 from whyconv import models
 from whyconv.models import (PHASED_GRADIENT_MIN_CHANNELS, CircularConv, LocallyConnected, SpatialNet, build_model,
-                            cnn_conv, stride2_conv_phased)
+                            cnn_conv, same_conv)
 
 
 @pytest.mark.parametrize("shape, features, kernel, stride", [
@@ -101,23 +102,60 @@ def test_pooled_cnn_is_invariant_to_circular_shifts_and_gconv_equivariant():
     np.testing.assert_allclose(gconv_pool.apply(params, x), gconv_pool.apply(params, shifted), atol=1e-5)
 
 
+def conv_gradients(conv, x, kernel, seed=2):
+    """The output of `conv(x, kernel)` and its gradients for a random output gradient."""
+    out, vjp = jax.vjp(conv, x, kernel)
+    return out, *vjp(jax.random.normal(jax.random.key(seed), out.shape))
+
+
+def xla_conv(stride):
+    return lambda x, k: jax.lax.conv_general_dilated(x, k, (stride, stride), "SAME",
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@pytest.mark.parametrize("shape, kernel_size, stride", [((2, 28, 28, 1), 3, 2), ((3, 14, 14, 9), 3, 2),
+                                                         ((2, 13, 13, 4), 3, 2), ((2, 6, 10, 4), 3, 1),
+                                                         ((2, 12, 12, 3), 5, 3)])  # odd, non-square, wider
+def test_written_out_gradients_are_xlas_to_the_bit(shape, kernel_size, stride):
+    x = jax.random.normal(jax.random.key(0), shape)
+    kernel = jax.random.normal(jax.random.key(1), (kernel_size, kernel_size, shape[3], 6))
+    want = conv_gradients(xla_conv(stride), x, kernel)
+    got = conv_gradients(lambda x, k: same_conv(x, k, stride), x, kernel)
+    for name, a, b in zip(("output", "input gradient", "kernel gradient"), want, got):
+        np.testing.assert_array_equal(b, a, err_msg=name)
+
+
 @pytest.mark.parametrize("shape, features", [((2, 28, 28, 1), 3), ((3, 14, 14, 9), 18), ((2, 14, 14, 52), 104),
                                              ((2, 6, 10, 4), 5)])  # non-square
 def test_phased_input_gradient_equals_xlas(shape, features):
     x = jax.random.normal(jax.random.key(0), shape)
     kernel = jax.random.normal(jax.random.key(1), (3, 3, shape[3], features))
-    out_grad = jax.random.normal(jax.random.key(2), (shape[0], shape[1] // 2, shape[2] // 2, features))
-
-    def gradients(conv):
-        out, vjp = jax.vjp(conv, x, kernel)
-        return out, *vjp(out_grad)
-
-    reference = gradients(lambda x, k: jax.lax.conv_general_dilated(
-        x, k, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
-    phased = gradients(stride2_conv_phased)
+    reference = conv_gradients(xla_conv(2), x, kernel)
+    phased = conv_gradients(lambda x, k: same_conv(x, k, 2, True), x, kernel)
     for name, want, got in zip(("output", "input gradient", "kernel gradient"), reference, phased):
         scale = float(jnp.abs(want).max())
         np.testing.assert_allclose(got, want, atol=1e-6 * scale, rtol=0, err_msg=name)
+
+
+@pytest.mark.parametrize("family", ["cnn", "cnn_gap"])
+@pytest.mark.parametrize("cores", [1, 2])
+def test_cnn_training_loop_keeps_every_convolution_in_the_layout_of_xlas_cpu_kernels(family, cores, monkeypatch):
+    """Inside a loop XLA's CPU backend leaves a gradient's convolution in the layout it was written
+    in, and any layout but (batch, h, w, c) images with (h, w, in, out) kernels runs on a slow
+    generic kernel (jax-ml/jax#12868). Checked in the optimized program of ten steps in a loop."""
+    monkeypatch.setattr(models, "usable_cores", lambda: cores)  # 2: the phased gradient at c = 48
+    model = build_model(family, 48, 10)
+    x = jnp.zeros((8, 28, 28, 1))
+    params = model.init(jax.random.key(0), x)
+
+    def steps(params):
+        grad = jax.grad(lambda p: model.apply(p, x).sum())
+        return jax.lax.fori_loop(0, 10, lambda i, p: jax.tree.map(lambda a, g: a - 1e-3 * g, p, grad(p)), params)
+
+    text = jax.jit(steps).lower(params).compile().as_text()
+    labels = re.findall(r"convolution\(.*?dim_labels=([^,\s]+)", text)
+    assert len(labels) == (8 if cores > 1 else 5)  # 2 forward, 2 kernel and 1 input gradient (phased: 4)
+    assert set(labels) == {"b01f_01io->b01f"}
 
 
 def test_cnn_takes_the_phased_gradient_only_where_it_measured_faster(monkeypatch):

@@ -37,7 +37,7 @@ from whyconv.capacity import BudgetError, Match, Skeleton, solve_width
 from whyconv.compute import train_flops
 from whyconv.models import FAMILIES, build_model, per_position_product, usable_cores
 from whyconv.provenance import code_version
-from whyconv.training import STEPS_PER_CALL, compiler_options, loop_steps, steps_per_call
+from whyconv.training import STEPS_PER_CALL, compiler_options, loop_steps
 
 FASHION = Skeleton((28, 28, 1), 10)
 BUDGETS = (10_000, 100_000, 1_000_000)
@@ -82,11 +82,11 @@ def matmul_peak(seconds: float = 1.0) -> float:
 
 
 def jax_step(family: str, width: int, batch: int, seeds: int = 1, together: bool = False):
-    """A jitted AdamW training call (as in whyconv.training: `steps_per_call` steps in one call),
+    """A jitted AdamW training call (as in whyconv.training: `STEPS_PER_CALL` steps in one call),
     its states, images, labels, and the steps it takes."""
     model = build_model(family, width, FASHION.num_classes)
     tx = optax.adamw(1e-3)
-    per_call = steps_per_call(model)
+    per_call = STEPS_PER_CALL
     # Two batches, taken in turn as in training: a loop of steps over one batch would let XLA
     # hoist the work on the images alone (the first layer's patches or FFT) out of the loop.
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, batch, 28, 28, 1)), jnp.float32)
@@ -334,8 +334,7 @@ def markdown(result: dict) -> str:
         "through JAX at its default precision; the reference for 'share of peak').",
         "- FLOPs are analytic: three forward passes per training step. An LCN does the same arithmetic",
         "  as the CNN of the same width; sharing saves parameters, not FLOPs.",
-        f"- Steps per jitted call as in training: {STEPS_PER_CALL}, on a CPU 1 for the CNNs (whyconv.training."
-        "steps_per_call); each call takes two batches in turn.",
+        f"- Steps per jitted call as in training: {STEPS_PER_CALL}; each call takes two batches in turn.",
         "",
         "| family | budget | width | parameters | compile s | images/s | GFLOP/step | GFLOP/s | share of peak "
         "| XLA memory MB | PyTorch images/s | whyconv / PyTorch |",

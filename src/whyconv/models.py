@@ -17,6 +17,7 @@ before it: pooling, not sharing alone, is what makes a CNN's output shift-invari
 
 from __future__ import annotations
 
+import functools
 import os
 
 import flax.linen as nn
@@ -67,14 +68,24 @@ def _product_backward(saved, out_grad):
 per_position_product.defvjp(_product_forward, _product_backward)
 
 
-# The CNN's input gradient by phases (below), measured in whole training steps on a Xeon with
-# AVX-512 and AMX (docs/performance.md): on two cores 1.06-1.34x as fast where the second layer
-# has 52 to 235 input channels, even or slower below. On one core beside another stage, as the
-# study's workers run, it loses (the CNN at c = 52: 0.98-0.99x a step; 0.86x in a study run):
-# XLA's own gradient is slow on more than one thread, not on one. So it is taken by a process with
-# more than one core, from 48 input channels on, and on a CPU only (a GPU has its own kernels).
+# The CNN's convolutions on a CPU (`cnn_conv`) have their gradients written out, for two reasons
+# measured in whole training steps (docs/performance.md).
+# - XLA's CPU backend runs a convolution on its fast (Eigen) kernels in one layout only: images
+#   (batch, height, width, channels), kernels (height, width, in, out). Outside a loop it rewrites
+#   the gradients' convolutions into that layout; inside one, as in a training call of fifty steps,
+#   it does not, and the CNN's step ran 1.7-8x slower there (jax-ml/jax#12868). Written out in that
+#   layout, their operands transposed behind optimization barriers (else XLA folds the transposes
+#   back into the convolutions), they are the convolutions XLA runs outside a loop, to the bit, and
+#   the CNNs take fifty steps per call like the other families.
+# - The input gradient by phases (`phased_input_gradient`): on a Xeon with AVX-512 and AMX, on two
+#   cores, 1.06-1.34x as fast a step where the second layer has 52 to 235 input channels, even or
+#   slower below. On one core beside another stage, as the study's workers run, it loses (the CNN
+#   at c = 52: 0.98-0.99x a step; 0.86x in a study run): XLA's own gradient is slow on more than
+#   one thread, not on one. So it is taken by a process with more than one core, from 48 input
+#   channels on.
 PHASED_GRADIENT_MIN_CHANNELS = 48
 _NHWC = ("NHWC", "HWIO", "NHWC")
+_barrier = jax.lax.optimization_barrier
 
 
 def usable_cores() -> int:
@@ -82,35 +93,79 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _stride2_conv(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
-    return jax.lax.conv_general_dilated(x, kernel, (2, 2), ((0, 1), (0, 1)), dimension_numbers=_NHWC)
+def _conv(x: jnp.ndarray, kernel: jnp.ndarray, stride: int) -> jnp.ndarray:
+    padding = [same_padding(x.shape[axis + 1], kernel.shape[axis], stride) for axis in (0, 1)]
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=_NHWC)
 
 
-@jax.custom_vjp
-def stride2_conv_phased(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
-    """A 3x3, stride-2 'SAME' convolution of an even-sized NHWC input, with its input gradient
-    computed by phases.
-
-    XLA computes that gradient as a convolution of the output gradient dilated by zeros, so
-    three of every four products it takes are with zeros. Each phase of the input (its even or
-    odd rows, times its even or odd columns) is instead reached by its own kernel taps: a stride-1
-    convolution of the output gradient with 2 x 2, 2 x 1, 1 x 2 and 1 x 1 taps, nine in all, the
-    arithmetic of the forward pass. The kernel's gradient is XLA's own.
-    """
-    return _stride2_conv(x, kernel)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def same_conv(x: jnp.ndarray, kernel: jnp.ndarray, stride: int, phased: bool = False) -> jnp.ndarray:
+    """A 'SAME' convolution of NHWC images with an HWIO kernel, its gradients convolutions in the
+    layout XLA's CPU kernels take (see above); with `phased`, the input's by phases (a 3x3,
+    stride-2 layer of an even-sized input only)."""
+    return _conv(x, kernel, stride)
 
 
-def _phased_forward(x, kernel):
-    return _stride2_conv(x, kernel), (x, kernel)
+def _same_conv_forward(x, kernel, stride, phased):
+    return _conv(x, kernel, stride), (x, kernel)
 
 
-def _phased_backward(saved, out_grad):
+def _same_conv_backward(stride, phased, saved, out_grad):
     x, kernel = saved
-    kernel_grad = jax.vjp(lambda k: _stride2_conv(x, k), kernel)[1](out_grad)[0]
+    if phased:
+        input_grad = phased_input_gradient(kernel, out_grad)
+    else:
+        input_grad = dilated_input_gradient(x.shape, kernel, out_grad, stride)
+    return input_grad, kernel_gradient(x, out_grad, kernel.shape, stride)
+
+
+same_conv.defvjp(_same_conv_forward, _same_conv_backward)
+
+
+def dilated_input_gradient(input_shape: tuple[int, ...], kernel: jnp.ndarray, out_grad: jnp.ndarray,
+                           stride: int) -> jnp.ndarray:
+    """The input's gradient as XLA computes it: the output gradient dilated by `stride` (zeros
+    between its rows and columns), correlated with the kernel flipped and turned to (out, in)."""
+    back = _barrier(jnp.swapaxes(kernel[::-1, ::-1], 2, 3))
+    padding = []
+    for axis in (0, 1):
+        size, taps, out = input_shape[axis + 1], kernel.shape[axis], out_grad.shape[axis + 1]
+        low = same_padding(size, taps, stride)[0]
+        padding.append((taps - 1 - low, size + low - (out - 1) * stride - 1))
+    return jax.lax.conv_general_dilated(out_grad, back, (1, 1), padding, lhs_dilation=(stride, stride),
+                                        dimension_numbers=_NHWC)
+
+
+def kernel_gradient(x: jnp.ndarray, out_grad: jnp.ndarray, kernel_shape: tuple[int, ...],
+                    stride: int) -> jnp.ndarray:
+    """The kernel's gradient: the input correlated with the output gradient dilated by `stride`,
+    summed over the batch. As a convolution the channels stand as its batch and the batch as its
+    features: (in, h, w, batch) with (h', w', batch, out) gives (in, kh, kw, out)."""
+    images = _barrier(jnp.transpose(x, (3, 1, 2, 0)))
+    grads = _barrier(jnp.transpose(out_grad, (1, 2, 0, 3)))
+    padding = []
+    for axis in (0, 1):
+        size, taps, out = x.shape[axis + 1], kernel_shape[axis], out_grad.shape[axis + 1]
+        low = same_padding(size, taps, stride)[0]
+        padding.append((low, taps + (out - 1) * stride - size - low))
+    grad = jax.lax.conv_general_dilated(images, grads, (1, 1), padding, rhs_dilation=(stride, stride),
+                                        dimension_numbers=_NHWC)
+    return jnp.transpose(_barrier(grad), (1, 2, 0, 3))
+
+
+def phased_input_gradient(kernel: jnp.ndarray, out_grad: jnp.ndarray) -> jnp.ndarray:
+    """The input's gradient of a 3x3, stride-2 'SAME' convolution of an even-sized input, by phases.
+
+    XLA computes it as a convolution of the output gradient dilated by zeros
+    (`dilated_input_gradient`), so three of every four products it takes are with zeros. Each
+    phase of the input (its even or odd rows, times its even or odd columns) is instead reached by
+    its own kernel taps: a stride-1 convolution of the output gradient with 2 x 2, 2 x 1, 1 x 2 and
+    1 x 1 taps, nine in all, the arithmetic of the forward pass.
+    """
     # Input row 2m gets output row m through tap 0 and row m - 1 through tap 2; row 2m + 1 gets
     # row m through tap 1. Columns alike. Taps listed for rows m - 1, m (hence padding low by 1).
     taps = {"even": ([2, 0], (1, 0)), "odd": ([1], (0, 0))}
-    back = jnp.swapaxes(kernel, 2, 3)  # (3, 3, out, in): from output channels to input channels
+    back = _barrier(jnp.swapaxes(kernel, 2, 3))  # (3, 3, out, in): from output channels to input channels
 
     def phase(rows: str, columns: str) -> jnp.ndarray:
         (row_taps, row_pad), (column_taps, column_pad) = taps[rows], taps[columns]
@@ -120,26 +175,22 @@ def _phased_backward(saved, out_grad):
 
     even_rows = jnp.stack([phase("even", "even"), phase("even", "odd")], axis=3)
     odd_rows = jnp.stack([phase("odd", "even"), phase("odd", "odd")], axis=3)
-    batch, out_h, out_w, channels = out_grad.shape[0], *even_rows.shape[1:3], x.shape[3]
-    x_grad = jnp.stack([even_rows, odd_rows], axis=2).reshape(batch, 2 * out_h, 2 * out_w, channels)
-    return x_grad, kernel_grad
-
-
-stride2_conv_phased.defvjp(_phased_forward, _phased_backward)
+    batch, out_h, out_w, channels = out_grad.shape[0], *even_rows.shape[1:3], kernel.shape[2]
+    return jnp.stack([even_rows, odd_rows], axis=2).reshape(batch, 2 * out_h, 2 * out_w, channels)
 
 
 def cnn_conv(lhs, rhs, window_strides, padding, **options) -> jnp.ndarray:
-    """`lax.conv_general_dilated` as `SpatialNet`'s `nn.Conv` calls it (NHWC, no dilation), taking
-    `stride2_conv_phased` for the layers where that measured faster: 3x3, stride 2, 'SAME', an
-    even-sized input with at least `PHASED_GRADIENT_MIN_CHANNELS` channels, in a process with more
-    than one CPU core. Every other layer is the plain call (so are all of them in the study's
-    one-core workers)."""
-    phased = (jax.default_backend() == "cpu" and usable_cores() > 1 and rhs.shape[:2] == (3, 3)
-              and tuple(window_strides) == (2, 2) and padding == "SAME" and lhs.shape[1] % 2 == 0
+    """`lax.conv_general_dilated` as `SpatialNet`'s `nn.Conv` calls it (NHWC, square kernel and
+    strides, 'SAME', no dilation). On a CPU, `same_conv`, phased where that measured faster: 3x3,
+    stride 2, an even-sized input with at least `PHASED_GRADIENT_MIN_CHANNELS` channels, in a
+    process with more than one core (never in the study's one-core workers). On an accelerator,
+    the plain call: XLA's own gradients, in a loop or not."""
+    if jax.default_backend() != "cpu":
+        return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **options)
+    stride = window_strides[0]
+    phased = (usable_cores() > 1 and rhs.shape[:2] == (3, 3) and stride == 2 and lhs.shape[1] % 2 == 0
               and lhs.shape[2] % 2 == 0 and lhs.shape[3] >= PHASED_GRADIENT_MIN_CHANNELS)
-    if phased:
-        return stride2_conv_phased(lhs, rhs)
-    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **options)
+    return same_conv(lhs, rhs, stride, phased)
 
 
 class LocallyConnected(nn.Module):

@@ -7,8 +7,7 @@ initialization (`jax.random.key(seed)`) and its own data order (`default_rng([se
 so a rerun with the same params and seeds gives the same numbers on the same machine.
 
 The training loop is a Python loop over one jitted call, which runs up to `STEPS_PER_CALL` steps
-in a loop of its own: the host pays one dispatch per call, not per step. Models with convolutions
-take one step per call on a CPU instead (see `steps_per_call`).
+in a loop of its own: the host pays one dispatch per call, not per step.
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ from tqdm.auto import tqdm
 from whyconv.checkpoint import CheckpointStore
 from whyconv.controls import random_shifts
 from whyconv.data import Splits
-from whyconv.models import SpatialNet
 
 
 @dataclass(frozen=True)
@@ -68,23 +66,17 @@ def compiler_options() -> dict[str, str] | None:
 # Training steps per jitted call. A call costs the host 0.1-0.3 ms (dispatch, arguments), a third
 # of a small MLP's step on one core; a loop of steps inside one call pays it once. Measured on
 # one core, 100-step runs: MLP (h = 5-349) 1.08-1.51x, LCN (c = 1-20) 1.05-1.33x, GConv
-# (c = 2-14) 1.03-1.13x faster, and bit-identical. 50 is also how often the loss is read back.
+# (c = 2-14) 1.03-1.13x faster, and bit-identical. The CNNs too, once their gradients were written
+# out for XLA's CPU kernels (whyconv.models.same_conv): `make bench`'s CNN and CNN+GAP 1.00-1.11x
+# on one core, 1.05-1.41x on two. 50 is also how often the loss is read back.
 STEPS_PER_CALL = 50
-
-
-def steps_per_call(model: nn.Module) -> int:
-    """`STEPS_PER_CALL`, or 1 for a model with convolutions on a CPU: XLA's CPU backend compiles a
-    convolution's gradient inside a loop to a slower kernel (jax-ml/jax#12868; measured here: the
-    CNN at c = 4 0.58x as fast) that also rounds differently."""
-    convolutions = isinstance(model, SpatialNet) and model.local and model.shared
-    return 1 if convolutions and jax.default_backend() == "cpu" else STEPS_PER_CALL
 
 
 def loop_steps(step: Callable, per_call: int) -> Callable:
     """`steps(state, first, count)`: `count` (at most `per_call`) applications of
     `step(state, i) -> (state, metrics)`, for i = first, first + 1, ..., in one loop. Returns the
     state and each metric stacked over `per_call` steps (past `count`: zeros). With `per_call` 1,
-    the step itself, with no loop around it (see `steps_per_call`)."""
+    the step itself, with no loop around it (the reference a test trains the loop against)."""
 
     def steps(state, first, count):
         if per_call == 1:
@@ -216,7 +208,7 @@ def make_steps(model: nn.Module, mean: float, std: float, mesh: Mesh | None = No
         (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         return state.apply_gradients(grads=grads), (loss, accuracy)
 
-    per_call = steps_per_call(model)
+    per_call = STEPS_PER_CALL
 
     def train_steps(state: train_state.TrainState, images, labels, order, first, count, dropout_key):
         step = lambda state, i: train_step(state, images, labels, order, i, dropout_key)
