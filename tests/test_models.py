@@ -1,5 +1,5 @@
-"""The fast locally connected layer, the FFT circular convolution and the CNN's phased input gradient
-against references; the two switches."""
+"""The fast locally connected layer, the FFT circular convolution and the CNN's written-out
+gradients against references; the two switches."""
 
 import dataclasses
 import re
@@ -159,8 +159,8 @@ def test_cnn_training_loop_keeps_every_convolution_in_the_layout_of_xlas_cpu_ker
 
 
 def test_cnn_takes_the_phased_gradient_only_where_it_measured_faster(monkeypatch):
-    """Narrow layers, and every layer in a one-core process (the study's workers), are XLA's plain
-    convolution, bit for bit; a wide layer with more cores has its gradients to float rounding."""
+    """Narrow layers, and every layer in a one-core process (the study's workers), have XLA's
+    gradients bit for bit; a wide layer with more cores has them by phases, to float rounding."""
     wide = PHASED_GRADIENT_MIN_CHANNELS
     for cores, channels, phased in ((2, wide - 1, False), (2, wide, True), (1, wide, False)):
         monkeypatch.setattr(models, "usable_cores", lambda: cores)
