@@ -64,9 +64,10 @@ def direct_circular_conv(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, st
     return out[:, ::stride, ::stride] + bias
 
 
-# Strides that divide the height take the folded inverse FFT; (7, 7) with stride 2 the full one.
+# One input channel takes the broadcast product, more the real product. Each axis that the stride
+# divides is folded before the inverse FFT: (28, 28) and (9, 12) both, (8, 9) and (9, 8) one, (7, 7) none.
 @pytest.mark.parametrize("shape, features, stride", [((2, 28, 28, 1), 3, 2), ((2, 14, 14, 3), 2, 2), ((2, 7, 9, 3), 2, 1),
-                                                     ((1, 9, 12, 2), 3, 3), ((1, 7, 7, 2), 4, 2)])
+                                                     ((1, 9, 12, 2), 3, 3), ((1, 7, 7, 2), 4, 2), ((1, 8, 9, 2), 3, 2), ((1, 9, 8, 1), 2, 2)])
 def test_circular_conv_equals_direct_circular_convolution(shape, features, stride):
     x = np.asarray(jax.random.normal(jax.random.key(0), shape), np.float64)
     layer = CircularConv(features, stride)
@@ -77,6 +78,26 @@ def test_circular_conv_equals_direct_circular_convolution(shape, features, strid
     np.testing.assert_allclose(layer.apply(params, to_channels_first(x.astype(np.float32))),
                                to_channels_first(expected), atol=1e-4, rtol=1e-4)
 
+
+
+@pytest.mark.parametrize("shape, features, stride", [((2, 8, 8, 1), 3, 2), ((2, 6, 7, 3), 2, 2), ((1, 6, 6, 2), 2, 3)])
+def test_circular_conv_gradients_equal_the_direct_convolutions(shape, features, stride):
+    """The FFT layer's gradients (through the real product and the folds) against autodiff of the
+    definition, term by term, in float32."""
+    def direct(params, x):
+        kernel, bias = params["params"]["kernel"], params["params"]["bias"]
+        out = sum(jnp.einsum("bhwc,co->bhwo", jnp.roll(x, (i, j), axis=(1, 2)), kernel[i, j])
+                  for i in range(shape[1]) for j in range(shape[2]))
+        return to_channels_first(out[:, ::stride, ::stride] + bias)
+
+    x = jax.random.normal(jax.random.key(0), shape)
+    layer = CircularConv(features, stride)
+    params = layer.init(jax.random.key(1), to_channels_first(x))
+    weights = jax.random.normal(jax.random.key(3), direct(params, x).shape)
+    fft_grads = jax.grad(lambda p, x: jnp.sum(layer.apply(p, to_channels_first(x)) * weights), (0, 1))(params, x)
+    direct_grads = jax.grad(lambda p, x: jnp.sum(direct(p, x) * weights), (0, 1))(params, x)
+    for got, want in zip(jax.tree.leaves(fft_grads), jax.tree.leaves(direct_grads)):
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
 
 def test_two_switches_make_the_spatial_families():
     lcn, gconv, cnn = (build_model(f, 4, 10) for f in ("lcn", "gconv", "cnn"))

@@ -246,13 +246,12 @@ class CircularConv(nn.Module):
 
     It takes and returns activations channels-first, (batch, channels, height, width): XLA's FFT
     runs over an array's last axes, and from channels-last it would transpose every activation
-    there and back. The product runs frequency-major, one (batch, in) x (in, out) product per
-    frequency. `SpatialNet` transposes the image once on the way in and the last activations once
-    on the way out.
-
-    The rows are subsampled in the frequency domain: keeping every s-th row of a signal is
-    averaging the s aliases of each row frequency, so the inverse FFT runs on H/s rows, not H
-    (1.3-1.4x the training speed on one core; equal to the full inverse to float rounding, tested).
+    there and back. `SpatialNet` transposes the image once on the way in and the last activations
+    once on the way out. The product per frequency:
+    - from one input channel (a grayscale image), a broadcast multiply in that same layout;
+    - else frequency-major, one (batch, in) x (in, out) product per frequency, written as a real
+      product (`spectral_product`).
+    The output is subsampled in the frequency domain before the inverse FFT (`strided_irfft2`).
     """
 
     features: int
@@ -263,20 +262,52 @@ class CircularConv(nn.Module):
         _, in_features, height, width = x.shape
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (height, width, in_features, self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        frequency_major = jnp.transpose(jnp.fft.rfft2(x), (2, 3, 0, 1))  # (h, w', batch, in)
-        spectrum = jnp.einsum("hwbi,hwio->hwbo", frequency_major, jnp.fft.rfft2(kernel, axes=(0, 1)))
-        return strided_irfft2(jnp.transpose(spectrum, (2, 3, 0, 1)), height, width, self.stride) + bias[:, None, None]
+        kernel_spectrum = jnp.fft.rfft2(kernel, axes=(0, 1))  # (h, w', in, out)
+        if in_features == 1:
+            spectrum = jnp.fft.rfft2(x) * jnp.transpose(kernel_spectrum[:, :, 0], (2, 0, 1))
+        else:
+            frequency_major = jnp.transpose(jnp.fft.rfft2(x), (2, 3, 0, 1))  # (h, w', batch, in)
+            spectrum = jnp.transpose(spectral_product(frequency_major, kernel_spectrum), (2, 3, 0, 1))
+        return strided_irfft2(spectrum, height, width, self.stride) + bias[:, None, None]
+
+
+def spectral_product(spectrum: jnp.ndarray, kernel_spectrum: jnp.ndarray) -> jnp.ndarray:
+    """einsum("hwbi,hwio->hwbo") of complex spectra, as one real product per frequency.
+
+    XLA's CPU backend runs complex products at a third of the speed of real ones (the GConv's at
+    c = 48: 60 against 150-200 GFLOP/s). The real and imaginary parts stacked, [re | im] of the
+    input times the block kernel [[re, im], [-im, re]] is [re | im] of the output.
+    """
+    outputs = kernel_spectrum.shape[-1]
+    stacked = jnp.concatenate([spectrum.real, spectrum.imag], axis=-1)
+    re, im = kernel_spectrum.real, kernel_spectrum.imag
+    block = jnp.concatenate([jnp.concatenate([re, im], axis=-1), jnp.concatenate([-im, re], axis=-1)], axis=-2)
+    product = jnp.einsum("hwbi,hwio->hwbo", stacked, block)
+    return jax.lax.complex(product[..., :outputs], product[..., outputs:])
 
 
 def strided_irfft2(spectrum: jnp.ndarray, height: int, width: int, stride: int) -> jnp.ndarray:
-    """irfft2(spectrum, s=(height, width))[..., ::stride, ::stride] of a (b, c, h, w) half
-    spectrum, with the rows subsampled before the inverse (see CircularConv)."""
+    """irfft2(spectrum, s=(height, width))[..., ::stride, ::stride] of a (..., h, w // 2 + 1) half
+    spectrum, each axis that `stride` divides subsampled before the inverse.
+
+    Keeping every s-th sample of a signal of n is averaging the s aliases k, k + n/s, ... of each
+    frequency k < n/s, so the inverse FFT runs on (H/s) x (W/s) points, not H x W. Equal to the
+    full inverse to float rounding (tested).
+    """
     s = stride
-    if height % s:  # the aliases only line up when s divides the height
-        return jnp.fft.irfft2(spectrum, s=(height, width))[..., ::s, ::s]
-    batch, channels, rows, columns = spectrum.shape
-    folded = spectrum.reshape(batch, channels, s, rows // s, columns).mean(axis=2)
-    return jnp.fft.irfft2(folded, s=(height // s, width))[..., ::s]
+    fold_rows, fold_columns = s > 1 and height % s == 0, s > 1 and width % s == 0
+    if fold_rows:
+        *lead, rows, columns = spectrum.shape
+        spectrum = spectrum.reshape(*lead, s, rows // s, columns).mean(axis=-3)
+    if fold_columns:
+        # The half spectrum's missing frequencies (u, w // 2 + 1 ... w - 1) are the conjugates of
+        # those it holds at (-u mod h, w - w // 2 - 1 ... 1).
+        mirrored = jnp.roll(spectrum[..., ::-1, 1 : width - width // 2][..., ::-1], 1, axis=-2)
+        full = jnp.concatenate([spectrum, jnp.conj(mirrored)], axis=-1)
+        kept = width // s
+        spectrum = full.reshape(*full.shape[:-1], s, kept).mean(axis=-2)[..., : kept // 2 + 1]
+    signal = jnp.fft.irfft2(spectrum, s=(height // s if fold_rows else height, width // s if fold_columns else width))
+    return signal[..., :: 1 if fold_rows else s, :: 1 if fold_columns else s]
 
 
 class SpatialNet(nn.Module):
