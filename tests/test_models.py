@@ -80,6 +80,17 @@ def test_circular_conv_equals_direct_circular_convolution(shape, features, strid
 
 
 
+def test_spectral_product_is_the_complex_product_on_every_backend(monkeypatch):
+    """The CPU's real product (stacked parts, block kernel) and an accelerator's complex one."""
+    rng = np.random.default_rng(0)
+    spectrum, kernel = (rng.normal(size=shape) + 1j * rng.normal(size=shape) for shape in ((3, 2, 5, 4), (3, 2, 4, 6)))
+    expected = np.einsum("hwbi,hwio->hwbo", spectrum, kernel)
+    args = jnp.asarray(spectrum, jnp.complex64), jnp.asarray(kernel, jnp.complex64)
+    np.testing.assert_allclose(models.spectral_product(*args), expected, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(models.jax, "default_backend", lambda: "gpu")
+    np.testing.assert_allclose(models.spectral_product(*args), expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("shape, features, stride", [((2, 8, 8, 1), 3, 2), ((2, 6, 7, 3), 2, 2), ((1, 6, 6, 2), 2, 3)])
 def test_circular_conv_gradients_equal_the_direct_convolutions(shape, features, stride):
     """The FFT layer's gradients (through the real product and the folds) against autodiff of the
