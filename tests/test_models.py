@@ -15,6 +15,13 @@ from whyconv.models import (PHASED_GRADIENT_MIN_CHANNELS, CircularConv, LocallyC
                             cnn_conv, same_conv)
 
 
+def random_params(layer: nn.Module, x) -> dict:
+    """Standard normal parameters (a non-zero bias too) of the layer's shapes, built without running
+    the layer: eagerly, one op at a time, a small layer's init takes seconds."""
+    shapes = jax.eval_shape(layer.init, jax.random.key(1), x)
+    return jax.tree.map(lambda p: jax.random.normal(jax.random.key(2), p.shape), shapes)
+
+
 @pytest.mark.parametrize("shape, features, kernel, stride", [
     ((2, 28, 28, 1), 4, 3, 2),
     ((3, 14, 14, 5), 6, 3, 2),
@@ -25,17 +32,16 @@ from whyconv.models import (PHASED_GRADIENT_MIN_CHANNELS, CircularConv, LocallyC
 def test_locally_connected_equals_flax_conv_local(shape, features, kernel, stride):
     x = jax.random.normal(jax.random.key(0), shape)
     reference = nn.ConvLocal(features, (kernel, kernel), strides=stride, padding="SAME")
-    params = reference.init(jax.random.key(1), x)
-    params = jax.tree.map(lambda p: jax.random.normal(jax.random.key(2), p.shape), params)  # non-zero bias too
+    params = random_params(reference, x)
     fast = batch_first_apply(LocallyConnected(features, kernel, stride))
-    np.testing.assert_allclose(fast(params, x), reference.apply(params, x), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(jax.jit(fast)(params, x), jax.jit(reference.apply)(params, x), atol=1e-5, rtol=1e-5)
     # Training uses the backward pass too: gradients with respect to the parameters and the input.
-    cotangent = jax.random.normal(jax.random.key(3), reference.apply(params, x).shape)
-    grads = [jax.grad(lambda p, x: (apply(p, x) * cotangent).sum(), argnums=(0, 1))(params, x)
+    cotangent = jax.random.normal(jax.random.key(3), jax.eval_shape(reference.apply, params, x).shape)
+    grads = [jax.jit(jax.grad(lambda p, x: (apply(p, x) * cotangent).sum(), argnums=(0, 1)))(params, x)
              for apply in (fast, reference.apply)]
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4), *grads)
     # Same parameter layout, so the two are interchangeable.
-    own_params = LocallyConnected(features, kernel, stride).init(jax.random.key(1), to_batch_last(x))
+    own_params = jax.eval_shape(LocallyConnected(features, kernel, stride).init, jax.random.key(1), to_batch_last(x))
     assert jax.tree.map(np.shape, own_params) == jax.tree.map(np.shape, params)
 
 
@@ -54,12 +60,13 @@ def to_channels_first(x):
 
 
 def direct_circular_conv(x, kernel, bias, stride: int, xp=np):
-    """The definition, term by term: out[p, q] = sum_ij x[(p - i) mod H, (q - j) mod W] k[i, j].
-    With `xp=jnp`, in JAX, to differentiate."""
+    """The definition: out[p, q] = sum_ij x[(p - i) mod H, (q - j) mod W] k[i, j], every term
+    gathered and summed. With `xp=jnp`, in JAX, to differentiate."""
     _, height, width, _ = x.shape
-    # xp.roll(x, (i, j))[p, q] = x[p - i, q - j]
-    out = sum(xp.einsum("bhwc,co->bhwo", xp.roll(x, (i, j), axis=(1, 2)), kernel[i, j])
-              for i in range(height) for j in range(width))
+    rows = (np.arange(height)[:, None] - np.arange(height)) % height  # rows[p, i] = (p - i) mod H
+    columns = (np.arange(width)[:, None] - np.arange(width)) % width
+    windows = x[:, rows[:, :, None, None], columns[None, None]]  # (batch, p, i, q, j, channels)
+    out = xp.einsum("bpiqjc,ijco->bpqo", windows, kernel)
     return out[:, ::stride, ::stride] + bias
 
 
@@ -70,11 +77,10 @@ def direct_circular_conv(x, kernel, bias, stride: int, xp=np):
 def test_circular_conv_equals_direct_circular_convolution(shape, features, stride):
     x = np.asarray(jax.random.normal(jax.random.key(0), shape), np.float64)
     layer = CircularConv(features, stride)
-    params = layer.init(jax.random.key(1), to_channels_first(x))
-    params = jax.tree.map(lambda p: jax.random.normal(jax.random.key(2), p.shape), params)
+    params = random_params(layer, to_channels_first(x))
     expected = direct_circular_conv(x, np.asarray(params["params"]["kernel"], np.float64),
                                     np.asarray(params["params"]["bias"], np.float64), stride)
-    np.testing.assert_allclose(layer.apply(params, to_channels_first(x.astype(np.float32))),
+    np.testing.assert_allclose(jax.jit(layer.apply)(params, to_channels_first(x.astype(np.float32))),
                                to_channels_first(expected), atol=1e-4, rtol=1e-4)
 
 
@@ -99,10 +105,14 @@ def test_circular_conv_gradients_equal_the_direct_convolutions(shape, features, 
 
     x = jax.random.normal(jax.random.key(0), shape)
     layer = CircularConv(features, stride)
-    params = layer.init(jax.random.key(1), to_channels_first(x))
-    weights = jax.random.normal(jax.random.key(3), direct(params, x).shape)
-    fft_grads = jax.grad(lambda p, x: jnp.sum(layer.apply(p, to_channels_first(x)) * weights), (0, 1))(params, x)
-    direct_grads = jax.grad(lambda p, x: jnp.sum(direct(p, x) * weights), (0, 1))(params, x)
+    params = random_params(layer, to_channels_first(x))
+    weights = jax.random.normal(jax.random.key(3), jax.eval_shape(direct, params, x).shape)
+
+    def gradients(apply):
+        return jax.jit(jax.grad(lambda p, x: jnp.sum(apply(p, x) * weights), (0, 1)))(params, x)
+
+    fft_grads = gradients(lambda p, x: layer.apply(p, to_channels_first(x)))
+    direct_grads = gradients(direct)
     for got, want in zip(jax.tree.leaves(fft_grads), jax.tree.leaves(direct_grads)):
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
 
