@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -121,6 +122,10 @@ def test_markdown_table_lists_every_row():
     assert "Code version" not in markdown(result)  # results from before the commit was recorded
     result["code_version"] = "abc1234"
     assert "- Code version `abc1234`." in markdown(result)
+    assert "PyTorch 2" not in markdown(result) and "XLA_FLAGS" not in markdown(result)
+    result["machine"].update(torch="2.13.0+cpu", xla_flags="--xla_force_host_platform_device_count=2")
+    assert "- Devices: cpu; JAX x, PyTorch 2.13.0+cpu; batch 128" in markdown(result)
+    assert "- XLA_FLAGS: `--xla_force_host_platform_device_count=2`." in markdown(result)
 
 
 def test_progress_line_says_what_was_measured():
@@ -160,6 +165,7 @@ def test_a_subset_of_cells_is_measured_and_written(tmp_path, capsys):
     result = json.loads((tmp_path / "benchmarks.json").read_text())
     assert [(r["family"], r["budget"]) for r in result["rows"]] == [("mlp", 10_000)]
     assert list(result["seeds_at_100k_images_per_second"]) == ["mlp"] and result["lcn_products"] == {}
+    assert result["machine"]["xla_flags"] == os.environ.get("XLA_FLAGS", "")
     assert (tmp_path / "benchmarks.md").read_text() == markdown(result)
     assert "MLP at 10,000 (width 12)" in capsys.readouterr().out  # progress as it goes
 
@@ -210,7 +216,12 @@ def test_two_runs_are_compared_cell_by_cell(tmp_path, capsys):
     assert "| LCN | 10,000 | 2 -> 3 | 1,000 | 900 | 0.90x | n/a |" in text
     assert "Measured in one run only: MLP at 10,000 (after only); GCONV at 10,000 (before only)." in text
     assert "Matmul peak, after / before: 1.10x" in text and "differ" not in text
-    assert "The runs differ in processor, cores or batch size" in comparison(before, run_result([], cores=1))
+    assert "The runs differ in cores: their ratios measure that too" in comparison(before, run_result([], cores=1))
+    flagged = run_result([], cores=1)
+    flagged["machine"]["xla_flags"] = "--xla_cpu_enable_fast_math=true"
+    text = comparison(before, flagged)
+    assert "The runs differ in cores and XLA_FLAGS:" in text
+    assert "- after: code `abc1234`, AMD EPYC, 1 of 2 cores, batch 128, XLA_FLAGS `--xla_cpu_enable_fast_math=true`" in text
 
 
 def test_comparing_what_is_not_a_run_says_what_is_wrong(tmp_path, capsys):
