@@ -222,6 +222,13 @@ def test_two_runs_are_compared_cell_by_cell(tmp_path, capsys):
     text = comparison(before, flagged)
     assert "The runs differ in cores and XLA_FLAGS:" in text
     assert "- after: code `abc1234`, AMD EPYC, 1 of 2 cores, batch 128, XLA_FLAGS `--xla_cpu_enable_fast_math=true`" in text
+    assert "PyTorch versions" not in text
+    for result, version in ((before, "2.13.0"), (flagged, "2.15.0")):
+        result["machine"]["torch"] = version
+    assert "The runs had different PyTorch versions" in comparison(before, flagged)
+    del before["machine"]  # results from before the machine was recorded
+    assert "- before: code `abc1234`, processor unrecorded, batch 128, matmul peak 100 GFLOP/s" in comparison(
+        before, flagged)
 
 
 def test_comparing_what_is_not_a_run_says_what_is_wrong(tmp_path, capsys):

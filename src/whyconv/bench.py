@@ -442,11 +442,14 @@ def comparison(before: dict, after: dict) -> str:
         flags = f", XLA_FLAGS `{setting['XLA_FLAGS']}`" if setting["XLA_FLAGS"] else ""
         lines.append(f"- {label}: code `{result.get('code_version', 'unrecorded')}`, "
                      f"{setting['processor'] or 'processor unrecorded'}{of_cores}, batch {setting['batch size']}{flags}"
-                     f"{torch_part(result['machine'])}, matmul peak {result['matmul_peak_gflops']:,.0f} GFLOP/s")
+                     f"{torch_part(result.get('machine', {}))}, matmul peak {result['matmul_peak_gflops']:,.0f} GFLOP/s")
     differ = [key for key, value in run_setting(before).items() if run_setting(after)[key] != value]
     if differ:
         named = ", ".join(differ[:-1]) + " and " + differ[-1] if len(differ) > 1 else differ[0]
         lines.append(f"- **The runs differ in {named}: their ratios measure that too, not the code alone.**")
+    torch_versions = [result.get("machine", {}).get("torch") for result in (before, after)]
+    if all(torch_versions) and torch_versions[0] != torch_versions[1]:
+        lines.append("- The runs had different PyTorch versions: its column's ratio measures that too.")
     lines += [f"- Matmul peak, after / before: {after['matmul_peak_gflops'] / before['matmul_peak_gflops']:.2f}x "
               "(the machine's own drift; so is PyTorch's column, which a change to whyconv does not touch).", "",
               "| family | budget | width | images/s before | images/s after | after / before "
