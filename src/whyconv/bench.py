@@ -435,15 +435,15 @@ def comparison(before: dict, after: dict) -> str:
     whyconv moves neither, so their ratios show how much the machine itself moved between runs.
     """
     lines = ["# whyconv benchmark: after against before", ""]
+    settings = {label: run_setting(result) for label, result in (("before", before), ("after", after))}
     for label, result in (("before", before), ("after", after)):
-        setting = run_setting(result)
-        cores = setting["cores"]
-        of_cores = f", {cores} of {result['machine']['machine_cores']} cores" if cores else ""
+        setting, machine = settings[label], result.get("machine", {})
+        of_cores = f", {setting['cores']} of {machine['machine_cores']} cores" if setting["cores"] else ""
         flags = f", XLA_FLAGS `{setting['XLA_FLAGS']}`" if setting["XLA_FLAGS"] else ""
         lines.append(f"- {label}: code `{result.get('code_version', 'unrecorded')}`, "
                      f"{setting['processor'] or 'processor unrecorded'}{of_cores}, batch {setting['batch size']}{flags}"
-                     f"{torch_part(result.get('machine', {}))}, matmul peak {result['matmul_peak_gflops']:,.0f} GFLOP/s")
-    differ = [key for key, value in run_setting(before).items() if run_setting(after)[key] != value]
+                     f"{torch_part(machine)}, matmul peak {result['matmul_peak_gflops']:,.0f} GFLOP/s")
+    differ = [key for key, value in settings["before"].items() if settings["after"][key] != value]
     if differ:
         named = ", ".join(differ[:-1]) + " and " + differ[-1] if len(differ) > 1 else differ[0]
         lines.append(f"- **The runs differ in {named}: their ratios measure that too, not the code alone.**")
