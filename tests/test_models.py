@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from whyconv import models
-from whyconv.models import (PHASED_GRADIENT_MIN_CHANNELS, CircularConv, LocallyConnected, SpatialNet, build_model,
-                            cnn_conv, same_conv)
+from whyconv import layers
+from whyconv.layers import PHASED_GRADIENT_MIN_CHANNELS, CircularConv, LocallyConnected, cnn_conv, same_conv
+from whyconv.models import SpatialNet, build_model
 
 
 def random_params(layer: nn.Module, x) -> dict:
@@ -90,9 +90,9 @@ def test_spectral_product_is_the_complex_product_on_every_backend(monkeypatch):
     spectrum, kernel = (rng.normal(size=shape) + 1j * rng.normal(size=shape) for shape in ((3, 2, 5, 4), (3, 2, 4, 6)))
     expected = np.einsum("hwbi,hwio->hwbo", spectrum, kernel)
     args = jnp.asarray(spectrum, jnp.complex64), jnp.asarray(kernel, jnp.complex64)
-    np.testing.assert_allclose(models.spectral_product(*args), expected, rtol=1e-5, atol=1e-5)
-    monkeypatch.setattr(models.jax, "default_backend", lambda: "gpu")
-    np.testing.assert_allclose(models.spectral_product(*args), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layers.spectral_product(*args), expected, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(layers.jax, "default_backend", lambda: "gpu")
+    np.testing.assert_allclose(layers.spectral_product(*args), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape, features, stride", [((2, 8, 8, 1), 3, 2), ((2, 6, 7, 3), 2, 2), ((1, 6, 6, 2), 2, 3)])
@@ -190,7 +190,7 @@ def test_cnn_training_loop_keeps_every_convolution_in_the_layout_of_xlas_cpu_ker
     """Inside a loop XLA's CPU backend leaves a gradient's convolution in the layout it was written
     in, and any layout but (batch, h, w, c) images with (h, w, in, out) kernels runs on a slow
     generic kernel (jax-ml/jax#12868). Checked in the optimized program of ten steps in a loop."""
-    monkeypatch.setattr(models, "usable_cores", lambda: cores)  # 2: the phased gradient at c = 48
+    monkeypatch.setattr(layers, "usable_cores", lambda: cores)  # 2: the phased gradient at c = 48
     model = build_model(family, 48, 10)
     x = jnp.zeros((8, 28, 28, 1))
     params = model.init(jax.random.key(0), x)
@@ -212,7 +212,7 @@ def test_cnn_takes_the_phased_gradient_only_where_it_measured_faster(monkeypatch
     gradients bit for bit; a wide layer with more cores has them by phases, to float rounding."""
     wide = PHASED_GRADIENT_MIN_CHANNELS
     for cores, channels, phased in ((2, wide - 1, False), (2, wide, True), (1, wide, False)):
-        monkeypatch.setattr(models, "usable_cores", lambda: cores)
+        monkeypatch.setattr(layers, "usable_cores", lambda: cores)
         x = jax.random.normal(jax.random.key(0), (2, 14, 14, channels))
         layer, plain = (nn.Conv(8, (3, 3), strides=2, padding="SAME", conv_general_dilated=conv)
                         for conv in (cnn_conv, jax.lax.conv_general_dilated))

@@ -36,7 +36,8 @@ import optax
 from whyconv.atomic import write_text
 from whyconv.capacity import BudgetError, Match, Skeleton, solve_width
 from whyconv.compute import train_flops
-from whyconv.models import FAMILIES, build_model, per_position_product, usable_cores
+from whyconv.layers import per_position_product, usable_cores
+from whyconv.models import FAMILIES, build_model
 from whyconv.provenance import code_version
 from whyconv.training import STEPS_PER_CALL, compiler_options, loop_steps
 

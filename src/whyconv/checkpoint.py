@@ -21,7 +21,7 @@ from flax import serialization
 from whyconv.atomic import atomic_path
 
 # The code whose change makes old checkpoints meaningless.
-TRAINING_CODE = [Path(__file__).with_name(name) for name in ("models.py", "training.py")]
+TRAINING_CODE = [Path(__file__).with_name(name) for name in ("layers.py", "models.py", "training.py")]
 
 
 def fingerprint(config: dict) -> str:

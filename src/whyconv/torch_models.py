@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from whyconv.capacity import Skeleton, spatial_sizes
-from whyconv.models import SPATIAL, same_padding
+from whyconv.layers import same_padding
+from whyconv.models import SPATIAL
 
 
 class SamePad(nn.Module):

@@ -67,7 +67,7 @@ def compiler_options() -> dict[str, str] | None:
 # of a small MLP's step on one core; a loop of steps inside one call pays it once. Measured on
 # one core, 100-step runs: MLP (h = 5-349) 1.08-1.51x, LCN (c = 1-20) 1.05-1.33x, GConv
 # (c = 2-14) 1.03-1.13x faster, and bit-identical. The CNNs too, once their gradients were written
-# out for XLA's CPU kernels (whyconv.models.same_conv): `make bench`'s CNN and CNN+GAP 1.00-1.11x
+# out for XLA's CPU kernels (whyconv.layers.same_conv): `make bench`'s CNN and CNN+GAP 1.00-1.11x
 # on one core, 1.05-1.41x on two. 50 is also how often the loss is read back.
 STEPS_PER_CALL = 50
 
