@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     """XLA's 'SAME' padding (low, high) along one axis: output size is ceil(size / stride)."""
     out = -(-size // stride)
@@ -66,6 +67,122 @@ def _product_backward(saved, out_grad):
 
 
 per_position_product.defvjp(_product_forward, _product_backward)
+
+
+class LocallyConnected(nn.Module):
+    """A 2-D locally connected layer: a convolution whose filters are not shared.
+
+    Numerically equal to `flax.linen.ConvLocal` with 'SAME' padding and the same parameter
+    layout (kernel: (out_h, out_w, k*k*in, out), bias: (out_h, out_w, out)), but several
+    times faster on CPU: patches come from k*k strided slices and one einsum, instead of
+    `conv_general_dilated_patches`.
+
+    It takes and returns activations batch-last, (height, width, channels, batch), not
+    ConvLocal's (batch, height, width, channels). The work is one batched matrix product per
+    output position, and XLA wants its operands position-major with the batch last:
+    (out_h, out_w, k*k*in, batch). In that layout the patches are built in place, and the
+    activations flow from layer to layer with no transpose at all; `SpatialNet` transposes the
+    image once on the way in and the last activations once on the way out.
+    """
+
+    features: int
+    kernel_size: int = 3
+    stride: int = 2
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        height, width, in_features, batch = x.shape
+        k, s = self.kernel_size, self.stride
+        out_h, out_w = -(-height // s), -(-width // s)
+        x = jnp.pad(x, (same_padding(height, k, s), same_padding(width, k, s), (0, 0), (0, 0)))
+        # One strided slice per kernel offset, stacked after the channel axis so that the patch
+        # features are ordered (channel, row, column), as in lax.conv_general_dilated_patches.
+        slices = window_slices(x, (k, k), s, (out_h, out_w), axes=(0, 1))
+        patches = jnp.stack(slices, axis=3).reshape(out_h, out_w, in_features * k * k, batch)
+        kernel = self.param(
+            "kernel",
+            nn.initializers.lecun_normal(),
+            (out_h, out_w, k * k * in_features, self.features),
+        )
+        bias = self.param("bias", nn.initializers.zeros, (out_h, out_w, self.features))
+        return per_position_product(kernel, patches) + bias[..., None]
+
+
+class CircularConv(nn.Module):
+    """Shared but not local: one filter as large as the input, applied as a circular convolution.
+
+    out[p, q, o] = sum over i, j, c of x[(p - i) mod H, (q - j) mod W, c] * kernel[i, j, c, o],
+    then every `stride`-th row and column. Computed through the FFT (a product per frequency),
+    which costs O(HW log HW) per channel instead of the direct O((HW)^2).
+    kernel: (H, W, in, out), bias: (out,).
+
+    It takes and returns activations channels-first, (batch, channels, height, width): XLA's FFT
+    runs over an array's last axes, and from channels-last it would transpose every activation
+    there and back. `SpatialNet` transposes the image once on the way in and the last activations
+    once on the way out. The product per frequency:
+    - from one input channel (a grayscale image), a broadcast multiply in that same layout;
+    - else frequency-major, one (batch, in) x (in, out) product per frequency, written as a real
+      product (`spectral_product`).
+    The output is subsampled in the frequency domain before the inverse FFT (`strided_irfft2`).
+    """
+
+    features: int
+    stride: int = 2
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        _, in_features, height, width = x.shape
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (height, width, in_features, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        kernel_spectrum = jnp.fft.rfft2(kernel, axes=(0, 1))  # (h, w', in, out)
+        if in_features == 1:
+            spectrum = jnp.fft.rfft2(x) * jnp.transpose(kernel_spectrum[:, :, 0], (2, 0, 1))
+        else:
+            frequency_major = jnp.transpose(jnp.fft.rfft2(x), (2, 3, 0, 1))  # (h, w', batch, in)
+            spectrum = jnp.transpose(spectral_product(frequency_major, kernel_spectrum), (2, 3, 0, 1))
+        return strided_irfft2(spectrum, height, width, self.stride) + bias[:, None, None]
+
+
+def spectral_product(spectrum: jnp.ndarray, kernel_spectrum: jnp.ndarray) -> jnp.ndarray:
+    """einsum("hwbi,hwio->hwbo") of complex spectra, as one real product per frequency.
+
+    XLA's CPU backend runs complex products at a third of the speed of real ones (the GConv's at
+    c = 48: 60 against 150-200 GFLOP/s). The real and imaginary parts stacked, [re | im] of the
+    input times the block kernel [[re, im], [-im, re]] is [re | im] of the output. Measured on CPUs
+    only, so an accelerator takes the complex product itself, as it does the CNN's plain gradients.
+    """
+    if jax.default_backend() != "cpu":
+        return jnp.einsum("hwbi,hwio->hwbo", spectrum, kernel_spectrum)
+    outputs = kernel_spectrum.shape[-1]
+    stacked = jnp.concatenate([spectrum.real, spectrum.imag], axis=-1)
+    re, im = kernel_spectrum.real, kernel_spectrum.imag
+    block = jnp.concatenate([jnp.concatenate([re, im], axis=-1), jnp.concatenate([-im, re], axis=-1)], axis=-2)
+    product = jnp.einsum("hwbi,hwio->hwbo", stacked, block)
+    return jax.lax.complex(product[..., :outputs], product[..., outputs:])
+
+
+def strided_irfft2(spectrum: jnp.ndarray, height: int, width: int, stride: int) -> jnp.ndarray:
+    """irfft2(spectrum, s=(height, width))[..., ::stride, ::stride] of a (..., h, w // 2 + 1) half
+    spectrum, each axis that `stride` divides subsampled before the inverse.
+
+    Keeping every s-th sample of a signal of n is averaging the s aliases k, k + n/s, ... of each
+    frequency k < n/s, so the inverse FFT runs on (H/s) x (W/s) points, not H x W. Equal to the
+    full inverse to float rounding (tested).
+    """
+    s = stride
+    fold_rows, fold_columns = s > 1 and height % s == 0, s > 1 and width % s == 0
+    if fold_rows:
+        *lead, rows, columns = spectrum.shape
+        spectrum = spectrum.reshape(*lead, s, rows // s, columns).mean(axis=-3)
+    if fold_columns:
+        # The half spectrum's missing frequencies (u, w // 2 + 1 ... w - 1) are the conjugates of
+        # those it holds at (-u mod h, w - w // 2 - 1 ... 1).
+        mirrored = jnp.roll(spectrum[..., ::-1, 1 : width - width // 2][..., ::-1], 1, axis=-2)
+        full = jnp.concatenate([spectrum, jnp.conj(mirrored)], axis=-1)
+        kept = width // s
+        spectrum = full.reshape(*full.shape[:-1], s, kept).mean(axis=-2)[..., : kept // 2 + 1]
+    signal = jnp.fft.irfft2(spectrum, s=(height // s if fold_rows else height, width // s if fold_columns else width))
+    return signal[..., :: 1 if fold_rows else s, :: 1 if fold_columns else s]
 
 
 # The CNN's convolutions on a CPU (`cnn_conv`) have their gradients written out, for two reasons
@@ -208,119 +325,3 @@ def cnn_conv(lhs, rhs, window_strides, padding, **options) -> jnp.ndarray:
     phased = (usable_cores() > 1 and rhs.shape[:2] == (3, 3) and stride == 2 and lhs.shape[1] % 2 == 0
               and lhs.shape[2] % 2 == 0 and lhs.shape[3] >= PHASED_GRADIENT_MIN_CHANNELS)
     return same_conv(lhs, rhs, stride, phased)
-
-
-class LocallyConnected(nn.Module):
-    """A 2-D locally connected layer: a convolution whose filters are not shared.
-
-    Numerically equal to `flax.linen.ConvLocal` with 'SAME' padding and the same parameter
-    layout (kernel: (out_h, out_w, k*k*in, out), bias: (out_h, out_w, out)), but several
-    times faster on CPU: patches come from k*k strided slices and one einsum, instead of
-    `conv_general_dilated_patches`.
-
-    It takes and returns activations batch-last, (height, width, channels, batch), not
-    ConvLocal's (batch, height, width, channels). The work is one batched matrix product per
-    output position, and XLA wants its operands position-major with the batch last:
-    (out_h, out_w, k*k*in, batch). In that layout the patches are built in place, and the
-    activations flow from layer to layer with no transpose at all; `SpatialNet` transposes the
-    image once on the way in and the last activations once on the way out.
-    """
-
-    features: int
-    kernel_size: int = 3
-    stride: int = 2
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        height, width, in_features, batch = x.shape
-        k, s = self.kernel_size, self.stride
-        out_h, out_w = -(-height // s), -(-width // s)
-        x = jnp.pad(x, (same_padding(height, k, s), same_padding(width, k, s), (0, 0), (0, 0)))
-        # One strided slice per kernel offset, stacked after the channel axis so that the patch
-        # features are ordered (channel, row, column), as in lax.conv_general_dilated_patches.
-        slices = window_slices(x, (k, k), s, (out_h, out_w), axes=(0, 1))
-        patches = jnp.stack(slices, axis=3).reshape(out_h, out_w, in_features * k * k, batch)
-        kernel = self.param(
-            "kernel",
-            nn.initializers.lecun_normal(),
-            (out_h, out_w, k * k * in_features, self.features),
-        )
-        bias = self.param("bias", nn.initializers.zeros, (out_h, out_w, self.features))
-        return per_position_product(kernel, patches) + bias[..., None]
-
-
-class CircularConv(nn.Module):
-    """Shared but not local: one filter as large as the input, applied as a circular convolution.
-
-    out[p, q, o] = sum over i, j, c of x[(p - i) mod H, (q - j) mod W, c] * kernel[i, j, c, o],
-    then every `stride`-th row and column. Computed through the FFT (a product per frequency),
-    which costs O(HW log HW) per channel instead of the direct O((HW)^2).
-    kernel: (H, W, in, out), bias: (out,).
-
-    It takes and returns activations channels-first, (batch, channels, height, width): XLA's FFT
-    runs over an array's last axes, and from channels-last it would transpose every activation
-    there and back. `SpatialNet` transposes the image once on the way in and the last activations
-    once on the way out. The product per frequency:
-    - from one input channel (a grayscale image), a broadcast multiply in that same layout;
-    - else frequency-major, one (batch, in) x (in, out) product per frequency, written as a real
-      product (`spectral_product`).
-    The output is subsampled in the frequency domain before the inverse FFT (`strided_irfft2`).
-    """
-
-    features: int
-    stride: int = 2
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        _, in_features, height, width = x.shape
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (height, width, in_features, self.features))
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        kernel_spectrum = jnp.fft.rfft2(kernel, axes=(0, 1))  # (h, w', in, out)
-        if in_features == 1:
-            spectrum = jnp.fft.rfft2(x) * jnp.transpose(kernel_spectrum[:, :, 0], (2, 0, 1))
-        else:
-            frequency_major = jnp.transpose(jnp.fft.rfft2(x), (2, 3, 0, 1))  # (h, w', batch, in)
-            spectrum = jnp.transpose(spectral_product(frequency_major, kernel_spectrum), (2, 3, 0, 1))
-        return strided_irfft2(spectrum, height, width, self.stride) + bias[:, None, None]
-
-
-def spectral_product(spectrum: jnp.ndarray, kernel_spectrum: jnp.ndarray) -> jnp.ndarray:
-    """einsum("hwbi,hwio->hwbo") of complex spectra, as one real product per frequency.
-
-    XLA's CPU backend runs complex products at a third of the speed of real ones (the GConv's at
-    c = 48: 60 against 150-200 GFLOP/s). The real and imaginary parts stacked, [re | im] of the
-    input times the block kernel [[re, im], [-im, re]] is [re | im] of the output. Measured on CPUs
-    only, so an accelerator takes the complex product itself, as it does the CNN's plain gradients.
-    """
-    if jax.default_backend() != "cpu":
-        return jnp.einsum("hwbi,hwio->hwbo", spectrum, kernel_spectrum)
-    outputs = kernel_spectrum.shape[-1]
-    stacked = jnp.concatenate([spectrum.real, spectrum.imag], axis=-1)
-    re, im = kernel_spectrum.real, kernel_spectrum.imag
-    block = jnp.concatenate([jnp.concatenate([re, im], axis=-1), jnp.concatenate([-im, re], axis=-1)], axis=-2)
-    product = jnp.einsum("hwbi,hwio->hwbo", stacked, block)
-    return jax.lax.complex(product[..., :outputs], product[..., outputs:])
-
-
-def strided_irfft2(spectrum: jnp.ndarray, height: int, width: int, stride: int) -> jnp.ndarray:
-    """irfft2(spectrum, s=(height, width))[..., ::stride, ::stride] of a (..., h, w // 2 + 1) half
-    spectrum, each axis that `stride` divides subsampled before the inverse.
-
-    Keeping every s-th sample of a signal of n is averaging the s aliases k, k + n/s, ... of each
-    frequency k < n/s, so the inverse FFT runs on (H/s) x (W/s) points, not H x W. Equal to the
-    full inverse to float rounding (tested).
-    """
-    s = stride
-    fold_rows, fold_columns = s > 1 and height % s == 0, s > 1 and width % s == 0
-    if fold_rows:
-        *lead, rows, columns = spectrum.shape
-        spectrum = spectrum.reshape(*lead, s, rows // s, columns).mean(axis=-3)
-    if fold_columns:
-        # The half spectrum's missing frequencies (u, w // 2 + 1 ... w - 1) are the conjugates of
-        # those it holds at (-u mod h, w - w // 2 - 1 ... 1).
-        mirrored = jnp.roll(spectrum[..., ::-1, 1 : width - width // 2][..., ::-1], 1, axis=-2)
-        full = jnp.concatenate([spectrum, jnp.conj(mirrored)], axis=-1)
-        kept = width // s
-        spectrum = full.reshape(*full.shape[:-1], s, kept).mean(axis=-2)[..., : kept // 2 + 1]
-    signal = jnp.fft.irfft2(spectrum, s=(height // s if fold_rows else height, width // s if fold_columns else width))
-    return signal[..., :: 1 if fold_rows else s, :: 1 if fold_columns else s]
