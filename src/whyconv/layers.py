@@ -1,5 +1,6 @@
-"""How the study's layers compute: the same arithmetic as Flax's reference layers, laid out for
-XLA's kernels (each choice measured in docs/performance.md).
+"""How the study's layers compute, laid out for XLA's kernels (each choice measured in
+docs/performance.md); the tests check each against a reference: Flax's `nn.ConvLocal`, the direct
+circular sum, XLA's own convolution and its gradients.
 
 - `LocallyConnected` (the LCN's layer, as `nn.ConvLocal`): one batched matrix product per output
   position (`per_position_product`), activations batch-last.
