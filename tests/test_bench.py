@@ -3,6 +3,9 @@
 import dataclasses
 import json
 import os
+import platform
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -126,6 +129,11 @@ def test_markdown_table_lists_every_row():
     result["machine"].update(torch="2.13.0+cpu", xla_flags="--xla_force_host_platform_device_count=2")
     assert "- Devices: cpu; JAX x, PyTorch 2.13.0+cpu; batch 128" in markdown(result)
     assert "- XLA_FLAGS: `--xla_force_host_platform_device_count=2`." in markdown(result)
+    assert "malloc" not in markdown(result)  # results from before the allocator was set
+    result["machine"]["malloc_keeps_freed_memory"] = True
+    assert "- glibc's malloc kept freed memory for reuse" in markdown(result)
+    result["machine"]["malloc_keeps_freed_memory"] = False
+    assert "- The C library is not glibc: its malloc ran as it is" in markdown(result)
 
 
 def test_progress_line_says_what_was_measured():
@@ -142,6 +150,32 @@ def test_cpu_description_names_the_vector_extensions():
            "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu\n")
     assert describe_cpu(x86) == ("Intel(R) Xeon(R) Processor", ["AVX2", "AVX-512", "AMX"])
     assert describe_cpu("processor\t: 0\nFeatures\t: fp asimd sve\n") == (None, ["NEON", "SVE"])
+
+
+MAPPED_BLOCKS_AFTER_8_MIB = """
+import ctypes, sys
+from whyconv.bench import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype, libc.malloc.restype = MallInfo2, ctypes.c_void_p
+before = libc.mallinfo2().hblks
+block = libc.malloc(8 << 20)
+print(libc.mallinfo2().hblks - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="sets glibc's malloc")
+@pytest.mark.parametrize("setting, mapped", [("default", 1), ("keep", 0)])
+def test_pytorch_sized_blocks_come_from_the_heap_when_freed_memory_is_kept(setting, mapped):
+    # A fresh process, as glibc starts one: an 8 MiB block (a CNN's activations at 10k) is mapped
+    # from the system, and unmapped when freed, unless keep_freed_memory() has run.
+    out = subprocess.run([sys.executable, "-c", MAPPED_BLOCKS_AFTER_8_MIB, setting],
+                         capture_output=True, text=True, check=True).stdout
+    assert int(out) == mapped
 
 
 def test_timing_keeps_at_most_one_call_waiting():

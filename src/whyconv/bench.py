@@ -18,6 +18,7 @@ and compare the two runs (--compare).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import functools
 import importlib.metadata
 import json
@@ -215,6 +216,25 @@ def bench_torch(family: str, width: int, batch: int, seconds: float) -> float | 
     return batch / timed(step, seconds, wait=lambda loss: loss.item())
 
 
+# glibc's malloc hands a freed block of over 128 KiB straight back to the system, until a first
+# such free raises that threshold for the rest of the process. PyTorch allocates each step's
+# activations anew, so without the raise it faults in and zeroes fresh pages every step: on the
+# sixth CPU of docs/performance.md its CNNs at 10k then ran 1.4-1.7x slower, and which state a run
+# met hung on what had run before (the matmul peak's arrays raised the threshold). Setting both
+# thresholds measures PyTorch in its faster state every time. XLA reuses its buffers within a
+# call, so whyconv's figures do not move with them.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed blocks of up to 32 MiB for reuse, process-wide (see above).
+    False where the C library is not glibc, which has its own allocator and is left as it is."""
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
 def torch_version() -> str | None:
     """The installed PyTorch's version (its column's figures depend on it), or None."""
     try:
@@ -290,6 +310,7 @@ def run(seconds: float, batch: int, budgets: Sequence[int] = BUDGETS,
         families: Sequence[str] = FAMILIES) -> dict:
     """Measure every family in `families` at every budget in `budgets` (see the module docstring)."""
     widths = {(f, b): width_near(f, b) for f in families for b in budgets}  # a budget too small fails here
+    keeps_freed_memory = keep_freed_memory()
     peak = matmul_peak(min(seconds, 1.0))
     print(f"float32 matmul peak: {peak:.0f} GFLOP/s", flush=True)
     rows = []
@@ -325,7 +346,8 @@ def run(seconds: float, batch: int, budgets: Sequence[int] = BUDGETS,
     return {"code_version": code_version(),
             "machine": {"processor": name, "vector_extensions": extensions, "cores": usable, "machine_cores": total,
                         "devices": [f"{d} ({d.device_kind})" for d in jax.devices()], "jax": jax.__version__,
-                        "torch": torch_version(), "xla_flags": os.environ.get("XLA_FLAGS", "")},
+                        "torch": torch_version(), "malloc_keeps_freed_memory": keeps_freed_memory,
+                        "xla_flags": os.environ.get("XLA_FLAGS", "")},
             "batch_size": batch, "matmul_peak_gflops": round(peak, 1),
             "rows": [asdict(r) for r in rows], "lcn_products": lcn_products,
             "seeds_at_100k_images_per_second": {f: {k: round(v) for k, v in s.items()} for f, s in seeds.items()}}
@@ -342,6 +364,7 @@ def markdown(result: dict) -> str:
         f"{torch_part(result['machine'])}; batch {result['batch_size']}, AdamW, float32.",
         *cores_line(result["machine"]),
         *flags_line(result["machine"]),
+        *malloc_line(result["machine"]),
         f"- float32 matmul peak: **{result['matmul_peak_gflops']:,.0f} GFLOP/s** (the best square matmul "
         "through JAX at its default precision; the reference for 'share of peak').",
         "- FLOPs are analytic: three forward passes per training step. An LCN does the same arithmetic",
@@ -395,6 +418,16 @@ def cores_line(machine: dict) -> list[str]:
     extensions = ", ".join(machine.get("vector_extensions", []))
     return [f"- Processor: {machine['processor']}{f' ({extensions})' if extensions else ''}; ran on "
             f"{machine['cores']} of its {machine['machine_cores']} cores (the peak below is theirs too)."]
+
+
+def malloc_line(machine: dict) -> list[str]:
+    """How PyTorch's memory was allocated, for runs with PyTorch that recorded it."""
+    if not machine.get("torch") or "malloc_keeps_freed_memory" not in machine:
+        return []
+    if machine["malloc_keeps_freed_memory"]:
+        return ["- glibc's malloc kept freed memory for reuse (`keep_freed_memory`): PyTorch allocates each",
+                "  step's activations anew, and would otherwise fault in fresh pages every step."]
+    return ["- The C library is not glibc: its malloc ran as it is (`keep_freed_memory`)."]
 
 
 def torch_part(machine: dict) -> str:
