@@ -219,7 +219,7 @@ def bench_torch(family: str, width: int, batch: int, seconds: float) -> float | 
 # glibc's malloc hands a freed block of over 128 KiB straight back to the system, until a first
 # such free raises that threshold for the rest of the process. PyTorch allocates each step's
 # activations anew, so without the raise it faults in and zeroes fresh pages every step: on the
-# sixth CPU of docs/performance.md its CNNs at 10k then ran 1.4-1.7x slower, and which state a run
+# sixth CPU of docs/performance.md its CNNs at 10k then ran 1.2-1.7x slower, and which state a run
 # met hung on what had run before (the matmul peak's arrays raised the threshold). Setting both
 # thresholds measures PyTorch in its faster state every time. XLA reuses its buffers within a
 # call, so whyconv's figures do not move with them.
