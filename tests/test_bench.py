@@ -260,6 +260,9 @@ def test_two_runs_are_compared_cell_by_cell(tmp_path, capsys):
     for result, version in ((before, "2.13.0"), (flagged, "2.15.0")):
         result["machine"]["torch"] = version
     assert "The runs had different PyTorch versions" in comparison(before, flagged)
+    assert "keep freed memory" not in comparison(before, flagged)
+    flagged["machine"]["malloc_keeps_freed_memory"] = True
+    assert "- Only the after run had glibc's malloc keep freed memory" in comparison(before, flagged)
     del before["machine"]  # results from before the machine was recorded
     assert "- before: code `abc1234`, processor unrecorded, batch 128, matmul peak 100 GFLOP/s" in comparison(
         before, flagged)

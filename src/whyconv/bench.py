@@ -484,6 +484,10 @@ def comparison(before: dict, after: dict) -> str:
     torch_versions = [result.get("machine", {}).get("torch") for result in (before, after)]
     if all(torch_versions) and torch_versions[0] != torch_versions[1]:
         lines.append("- The runs had different PyTorch versions: its column's ratio measures that too.")
+    kept = [result.get("machine", {}).get("malloc_keeps_freed_memory", False) for result in (before, after)]
+    if all(torch_versions) and kept[0] != kept[1]:  # runs from before keep_freed_memory did not set it
+        lines.append(f"- Only the {'after' if kept[1] else 'before'} run had glibc's malloc keep freed memory "
+                     "(`keep_freed_memory`): PyTorch's column measures that too.")
     lines += [f"- Matmul peak, after / before: {after['matmul_peak_gflops'] / before['matmul_peak_gflops']:.2f}x "
               "(the machine's own drift; so is PyTorch's column, which a change to whyconv does not touch).", "",
               "| family | budget | width | images/s before | images/s after | after / before "
