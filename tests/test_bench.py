@@ -256,13 +256,13 @@ def test_two_runs_are_compared_cell_by_cell(tmp_path, capsys):
     text = comparison(before, flagged)
     assert "The runs differ in cores and XLA_FLAGS:" in text
     assert "- after: code `abc1234`, AMD EPYC, 1 of 2 cores, batch 128, XLA_FLAGS `--xla_cpu_enable_fast_math=true`" in text
-    assert "PyTorch versions" not in text
+    assert "PyTorch's column measures" not in text
     for result, version in ((before, "2.13.0"), (flagged, "2.15.0")):
         result["machine"]["torch"] = version
-    assert "The runs had different PyTorch versions" in comparison(before, flagged)
-    assert "keep freed memory" not in comparison(before, flagged)
-    flagged["machine"]["malloc_keeps_freed_memory"] = True
-    assert "- Only the after run had glibc's malloc keep freed memory" in comparison(before, flagged)
+    assert "- The runs differ in PyTorch version: PyTorch's column measures that too." in comparison(before, flagged)
+    flagged["machine"]["malloc_keeps_freed_memory"] = True  # runs from before it did not record it
+    assert ("- The runs differ in PyTorch version and glibc's malloc keeping freed memory (`keep_freed_memory`): "
+            "PyTorch's column measures that too.") in comparison(before, flagged)
     del before["machine"]  # results from before the machine was recorded
     assert "- before: code `abc1234`, processor unrecorded, batch 128, matmul peak 100 GFLOP/s" in comparison(
         before, flagged)

@@ -462,6 +462,22 @@ def run_setting(result: dict) -> dict[str, object]:
             "batch size": result.get("batch_size"), "XLA_FLAGS": machine.get("xla_flags", "")}
 
 
+def torch_setting(result: dict) -> dict[str, object]:
+    """What PyTorch's column depends on besides the machine (runs from before keep_freed_memory
+    did not set glibc's malloc)."""
+    machine = result.get("machine", {})
+    return {"PyTorch version": machine.get("torch"),
+            "glibc's malloc keeping freed memory (`keep_freed_memory`)": machine.get("malloc_keeps_freed_memory", False)}
+
+
+def differences(before: dict[str, object], after: dict[str, object]) -> str | None:
+    """The names of the settings that differ, as a phrase ('a, b and c'), or None."""
+    names = [key for key, value in before.items() if after[key] != value]
+    if not names:
+        return None
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
+
+
 def comparison(before: dict, after: dict) -> str:
     """Markdown: the cells both runs measured, after against before.
 
@@ -477,17 +493,11 @@ def comparison(before: dict, after: dict) -> str:
         lines.append(f"- {label}: code `{result.get('code_version', 'unrecorded')}`, "
                      f"{setting['processor'] or 'processor unrecorded'}{of_cores}, batch {setting['batch size']}{flags}"
                      f"{torch_part(machine)}, matmul peak {result['matmul_peak_gflops']:,.0f} GFLOP/s")
-    differ = [key for key, value in settings["before"].items() if settings["after"][key] != value]
-    if differ:
-        named = ", ".join(differ[:-1]) + " and " + differ[-1] if len(differ) > 1 else differ[0]
+    if named := differences(settings["before"], settings["after"]):
         lines.append(f"- **The runs differ in {named}: their ratios measure that too, not the code alone.**")
-    torch_versions = [result.get("machine", {}).get("torch") for result in (before, after)]
-    if all(torch_versions) and torch_versions[0] != torch_versions[1]:
-        lines.append("- The runs had different PyTorch versions: its column's ratio measures that too.")
-    kept = [result.get("machine", {}).get("malloc_keeps_freed_memory", False) for result in (before, after)]
-    if all(torch_versions) and kept[0] != kept[1]:  # runs from before keep_freed_memory did not set it
-        lines.append(f"- Only the {'after' if kept[1] else 'before'} run had glibc's malloc keep freed memory "
-                     "(`keep_freed_memory`): PyTorch's column measures that too.")
+    with_torch = all(result.get("machine", {}).get("torch") for result in (before, after))
+    if with_torch and (named := differences(torch_setting(before), torch_setting(after))):
+        lines.append(f"- The runs differ in {named}: PyTorch's column measures that too.")
     lines += [f"- Matmul peak, after / before: {after['matmul_peak_gflops'] / before['matmul_peak_gflops']:.2f}x "
               "(the machine's own drift; so is PyTorch's column, which a change to whyconv does not touch).", "",
               "| family | budget | width | images/s before | images/s after | after / before "
