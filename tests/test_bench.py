@@ -82,7 +82,7 @@ def test_torch_twins_compute_what_the_flax_models_compute(family):
     weights = [p for p in twin.parameters()]
     assert len(weights) == 2 * len(layers)
     with torch.no_grad():
-        for name, weight, bias in zip(layers, weights[::2], weights[1::2]):
+        for name, weight, bias in zip(layers, weights[::2], weights[1::2], strict=True):
             weight.copy_(torch.from_numpy(np.ascontiguousarray(torch_layout(name, np.array(params[name]["kernel"]), flat_from))))
             b = np.array(params[name]["bias"])
             bias.copy_(torch.from_numpy(b.transpose(2, 0, 1) if b.ndim == 3 else b).reshape(bias.shape))

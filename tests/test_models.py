@@ -113,7 +113,7 @@ def test_circular_conv_gradients_equal_the_direct_convolutions(shape, features, 
 
     fft_grads = gradients(lambda p, x: layer.apply(p, to_channels_first(x)))
     direct_grads = gradients(direct)
-    for got, want in zip(jax.tree.leaves(fft_grads), jax.tree.leaves(direct_grads)):
+    for got, want in zip(jax.tree.leaves(fft_grads), jax.tree.leaves(direct_grads), strict=True):
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
 
 
@@ -168,7 +168,7 @@ def test_written_out_gradients_are_xlas_to_the_bit(shape, kernel_size, stride):
         np.testing.assert_allclose(got_out, want_out, rtol=0, atol=1e-6 * float(jnp.abs(want_out).max()))
     else:
         np.testing.assert_array_equal(got_out, want_out)
-    for name, a, b in zip(("input gradient", "kernel gradient"), want_grads, got_grads):
+    for name, a, b in zip(("input gradient", "kernel gradient"), want_grads, got_grads, strict=True):
         np.testing.assert_array_equal(b, a, err_msg=name)
 
 
@@ -179,7 +179,7 @@ def test_phased_input_gradient_equals_xlas(shape, features):
     kernel = jax.random.normal(jax.random.key(1), (3, 3, shape[3], features))
     reference = conv_gradients(xla_conv(2), x, kernel)
     phased = conv_gradients(lambda x, k: same_conv(x, k, 2, True), x, kernel)
-    for name, want, got in zip(("output", "input gradient", "kernel gradient"), reference, phased):
+    for name, want, got in zip(("output", "input gradient", "kernel gradient"), reference, phased, strict=True):
         scale = float(jnp.abs(want).max())
         np.testing.assert_allclose(got, want, atol=1e-6 * scale, rtol=0, err_msg=name)
 

@@ -50,7 +50,7 @@ def test_two_devices_train_like_one():
     # The batch is split over the devices and the gradients averaged: the same mathematics, summed
     # in another order, so float32 rounding may differ. Measured: 1e-7 relative after 2 epochs.
     # Stated tolerance: 1e-5 relative on losses; accuracies may differ by one example in 128.
-    for a, b in zip(one["history"], two["history"]):
+    for a, b in zip(one["history"], two["history"], strict=True):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
         assert b["val_acc"] == pytest.approx(a["val_acc"], abs=1 / 128)
@@ -119,7 +119,7 @@ def test_two_processes_through_jax_distributed_train_like_one(unused_tcp_port):
         two = json.loads(stdout.strip().splitlines()[-1])
         assert (two["devices"], two["processes"]) == (2, 2)
         # Same tolerance as two devices in one process (measured: identical to 1e-7 relative).
-        for a, b in zip(one["history"], two["history"]):
+        for a, b in zip(one["history"], two["history"], strict=True):
             assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
             assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
         assert two["test_loss"] == pytest.approx(one["test_loss"], rel=1e-5)

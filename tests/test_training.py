@@ -10,7 +10,7 @@ from conftest import synthetic_images
 from whyconv.data import Meta, Splits
 from whyconv.models import build_model
 from whyconv import training
-from whyconv.training import (STEPS_PER_CALL, VAL_EVALUATIONS, TrainConfig, epoch_order, evaluate, evaluates_val,
+from whyconv.training import (VAL_EVALUATIONS, TrainConfig, epoch_order, evaluate, evaluates_val,
                               make_steps, train_seed)
 
 
@@ -121,5 +121,5 @@ def test_many_steps_per_call_train_exactly_as_one_step_per_call(family, width, m
     training.make_steps.cache_clear()  # none of them for later tests
     assert looped.history == stepped.history
     assert (looped.test_acc, looped.test_loss) == (stepped.test_acc, stepped.test_loss)
-    for a, b in zip(jax.tree.leaves(looped.params), jax.tree.leaves(stepped.params)):
+    for a, b in zip(jax.tree.leaves(looped.params), jax.tree.leaves(stepped.params), strict=True):
         np.testing.assert_array_equal(a, b)
