@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from whyconv.bench import (FASHION, Row, bench_jax, comparison, describe_cpu, jax_step, lcn_products_seconds, main,
-                           markdown, memory_mb, progress_line, timed)
+from whyconv.bench import (FASHION, Row, bench_jax, comparison, describe_cpu, gpu_precision, jax_step,
+                           lcn_products_seconds, main, markdown, memory_mb, progress_line, timed)
 from whyconv.capacity import param_count, spatial_sizes
 from whyconv.compute import forward_flops, train_flops
 from whyconv.models import FAMILIES, build_model
@@ -134,6 +134,34 @@ def test_markdown_table_lists_every_row():
     assert "- glibc's malloc kept freed memory for reuse" in markdown(result)
     result["machine"]["malloc_keeps_freed_memory"] = False
     assert "- The C library is not glibc: its malloc ran as it is" in markdown(result)
+
+
+def test_a_gpu_run_says_what_float32_meant_to_each_framework():
+    result = {"machine": {"devices": ["cuda:0 (NVIDIA H200)"], "jax": "x", "torch": "2.13.0",
+                          "gpu_precision": {"jax_default_matmul_precision": "default"}},
+              "batch_size": 128, "matmul_peak_gflops": 100.0, "rows": [result_row()],
+              "seeds_at_100k_images_per_second": {}}
+    text = markdown(result)
+    assert "float32 products at JAX's `default` precision" in text and "TF32" in text
+    assert "**PyTorch ran on the CPU**" in text  # a PyTorch build without CUDA beside JAX's GPU
+    result["machine"]["gpu_precision"] |= {"torch_float32_matmul_precision": "highest", "torch_cudnn_allow_tf32": True}
+    text = markdown(result)
+    assert "matrix products at `highest`" in text and "convolutions in TF32" in text and "on the CPU" not in text
+    result["machine"]["gpu_precision"] = None  # a CPU run
+    assert "float32 products at" not in markdown(result) and "PyTorch on the GPU" not in markdown(result)
+
+
+def test_gpu_precision_reads_each_frameworks_setting(monkeypatch):
+    assert gpu_precision() is None  # on a CPU, float32 is float32
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    with jax.default_matmul_precision("float32"):
+        assert gpu_precision()["jax_default_matmul_precision"] == "float32"
+    torch = pytest.importorskip("torch", reason="PyTorch is the bench extra")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert gpu_precision() == {"jax_default_matmul_precision": "default",
+                               "torch_float32_matmul_precision": torch.get_float32_matmul_precision(),
+                               "torch_cudnn_allow_tf32": False}
 
 
 def test_progress_line_says_what_was_measured():

@@ -199,7 +199,7 @@ def bench_torch(family: str, width: int, batch: int, seconds: float) -> float | 
         return None
     from whyconv.torch_models import build_torch_model
 
-    device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    device = torch_device(torch)
     torch.manual_seed(0)
     model = build_torch_model(family, width, FASHION).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -233,6 +233,31 @@ def keep_freed_memory() -> bool:
         return False
     libc = ctypes.CDLL(None)
     return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def torch_device(torch) -> str:
+    """Where PyTorch's twins train: on the GPU when JAX has one and PyTorch was built for it."""
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def gpu_precision() -> dict[str, object] | None:
+    """On a GPU, the precision each framework's float32 products ran at, or None on a CPU.
+
+    Both frameworks are left at their defaults, and those differ: JAX's default may compute float32
+    products as TF32 on NVIDIA's tensor cores (Ampere on), the matmul peak and the training steps
+    alike; PyTorch keeps full float32 for matrix products and lets cuDNN use TF32 for convolutions.
+    """
+    if jax.default_backend() != "gpu":
+        return None
+    precision = {"jax_default_matmul_precision": jax.config.jax_default_matmul_precision or "default"}
+    try:
+        import torch
+    except ImportError:
+        return precision
+    if torch_device(torch) == "cuda":
+        precision |= {"torch_float32_matmul_precision": torch.get_float32_matmul_precision(),
+                      "torch_cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32)}
+    return precision
 
 
 def torch_version() -> str | None:
@@ -347,7 +372,7 @@ def run(seconds: float, batch: int, budgets: Sequence[int] = BUDGETS,
             "machine": {"processor": name, "vector_extensions": extensions, "cores": usable, "machine_cores": total,
                         "devices": [f"{d} ({d.device_kind})" for d in jax.devices()], "jax": jax.__version__,
                         "torch": torch_version(), "malloc_keeps_freed_memory": keeps_freed_memory,
-                        "xla_flags": os.environ.get("XLA_FLAGS", "")},
+                        "gpu_precision": gpu_precision(), "xla_flags": os.environ.get("XLA_FLAGS", "")},
             "batch_size": batch, "matmul_peak_gflops": round(peak, 1),
             "rows": [asdict(r) for r in rows], "lcn_products": lcn_products,
             "seeds_at_100k_images_per_second": {f: {k: round(v) for k, v in s.items()} for f, s in seeds.items()}}
@@ -365,6 +390,7 @@ def markdown(result: dict) -> str:
         *cores_line(result["machine"]),
         *flags_line(result["machine"]),
         *malloc_line(result["machine"]),
+        *precision_lines(result["machine"]),
         f"- float32 matmul peak: **{result['matmul_peak_gflops']:,.0f} GFLOP/s** (the best square matmul "
         "through JAX at its default precision; the reference for 'share of peak').",
         "- FLOPs are analytic: three forward passes per training step. An LCN does the same arithmetic",
@@ -428,6 +454,24 @@ def malloc_line(machine: dict) -> list[str]:
         return ["- glibc's malloc kept freed memory for reuse (`keep_freed_memory`): PyTorch allocates each",
                 "  step's activations anew, and would otherwise fault in fresh pages every step."]
     return ["- The C library is not glibc: its malloc ran as it is (`keep_freed_memory`)."]
+
+
+def precision_lines(machine: dict) -> list[str]:
+    """On a GPU, what 'float32' meant for each framework (see `gpu_precision`); nothing on a CPU."""
+    precision = machine.get("gpu_precision")
+    if not precision:
+        return []
+    lines = [f"- float32 products at JAX's `{precision['jax_default_matmul_precision']}` precision "
+             "(`jax_default_matmul_precision`), the peak and the training steps alike: by default TF32",
+             "  on NVIDIA GPUs from Ampere on, so the peak can be far above the chip's plain float32 rate."]
+    if "torch_float32_matmul_precision" in precision:
+        tf32 = "TF32" if precision["torch_cudnn_allow_tf32"] else "float32"
+        lines += [f"- PyTorch on the GPU: matrix products at `{precision['torch_float32_matmul_precision']}` "
+                  "(`torch.get_float32_matmul_precision()`; `highest` is full float32),",
+                  f"  convolutions in {tf32} (`torch.backends.cudnn.allow_tf32`)."]
+    elif machine.get("torch"):
+        lines.append("- **PyTorch ran on the CPU** (this build has no CUDA): its column is not the GPU's.")
+    return lines
 
 
 def torch_part(machine: dict) -> str:
