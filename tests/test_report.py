@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 
 from whyconv.capacity import Skeleton
-from whyconv.report import (budget_sentences, diverged_note, factorial_section, first_layer_figure, reach_table,
-                            write_report)
-from whyconv.results import (factorial_table, params_to_reach, permutation_table, results_table, skeleton_table,
-                             subsets_table, summarize)
+from whyconv.report import (budget_sentences, diverged_note, factorial_section, first_layer_figure, reach_sentence,
+                            reach_table, some_seed_at_smallest, write_report)
+from whyconv.results import (factorial_table, params_ratio, params_to_reach, permutation_table, results_table,
+                             skeleton_table, subsets_table, summarize)
 
 
 def test_params_to_reach_interpolates_in_log_parameters():
@@ -63,6 +63,34 @@ def test_parameters_needed_names_the_thriftier_family_from_the_data():
     _, sentences = reach_table(results, summary)
     assert any(re.search(r"To reach \d+% test accuracy, the CNN needs .* the parameters of the MLP", s)
                for s in sentences)
+
+
+def test_a_need_below_the_smallest_model_is_a_bound_not_a_finding():
+    # At 86% (the MLP's best, floored) the LCN's smallest model, 1,000 parameters, is already
+    # there: the LCN needs at most that many, so the MLP needs at least so many times the LCN's.
+    results = study_results({"mlp": [0.80, 0.84, 0.865], "lcn": [0.87, 0.88, 0.915]}, noise=0.0)
+    table, sentences = reach_table(results, summarize(results, ["family", "budget"]))
+    assert "at most 1,000" in table
+    at_86 = [s for s in sentences if "86%" in s]
+    assert len(at_86) == 1 and "the MLP needs at least about" in at_86[0]
+    assert "the LCN's smallest model already reaches 86%" in at_86[0] and "95% CI" not in at_86[0]
+    # Both families at 88% with their smallest models: nothing to compare.
+    results = study_results({"mlp": [0.885, 0.886, 0.887], "lcn": [0.89, 0.893, 0.897]}, noise=0.0)
+    _, sentences = reach_table(results, summarize(results, ["family", "budget"]))
+    assert any("88%" in s and "need no more than their smallest models" in s for s in sentences)
+
+
+def test_a_seed_already_there_at_its_smallest_model_leaves_no_interval():
+    records = [run_record("budget", family, budget, seed, acc)
+               for family, accs in {"mlp": [0.80, 0.86, 0.90], "cnn": [0.845, 0.89, 0.92]}.items()
+               for budget, acc in zip((1_000, 10_000, 100_000), accs) for seed in range(3)]
+    records[9]["test_acc"] = 0.851  # the CNN's seed 0 at 1,000 parameters: at 85% already
+    results = results_table(records)
+    assert some_seed_at_smallest(results, "cnn", 0.85) and not some_seed_at_smallest(results, "cnn", 0.86)
+    needs = {"mlp": 9_000.0, "cnn": 1_100.0}
+    sentence = reach_sentence(0.85, "mlp", "cnn", needs, set(), params_ratio(results, "mlp", "cnn", 0.85), True)
+    assert "the MLP needs about 8.2x" in sentence and "some seed's smallest model already reaches 85%" in sentence
+    assert "95% CI" not in sentence
 
 
 def test_factorial_wording_follows_the_interaction():

@@ -161,42 +161,76 @@ def reach_levels(summary: pd.DataFrame) -> list[float]:
     return sorted({math.floor(100 * acc) / 100 for acc in best if not math.isnan(acc)})
 
 
+def reached_at_smallest(params: np.ndarray, accuracy: np.ndarray, level: float) -> bool:
+    """Whether the smallest model trained already reaches `level`: `params_to_reach` is then only
+    an upper bound on the parameters the family needs."""
+    return bool(np.asarray(accuracy, float)[np.argmin(params)] >= level)
+
+
+def some_seed_at_smallest(results: pd.DataFrame, family: str, level: float) -> bool:
+    """Whether some seed's smallest budget model of `family` already reaches `level`: that seed's
+    need is then a bound, and a ratio's interval over seeds would treat it as a value."""
+    runs = results[(results["comparison"] == "budget") & (results["status"] == "ok") & (results["family"] == family)]
+    return any(reached_at_smallest(g["params"].to_numpy(), g["test_acc"].to_numpy(), level)
+               for _, g in runs.groupby("seed"))
+
+
 def reach_table(results: pd.DataFrame, summary: pd.DataFrame) -> tuple[str, list[str]]:
-    """Parameters each family needs to reach given accuracies, and how many times the fewest."""
+    """Parameters each family needs to reach given accuracies, and how many times the fewest.
+
+    A family whose smallest model is already at an accuracy may need fewer parameters than that
+    model has: its count is shown as a bound ("at most"), and so is any ratio it enters.
+    """
     families = [f for f in FAMILY_LABELS if f in set(summary["family"])]
     rows, sentences = [], []
     for level in reach_levels(summary):
-        needs = {}
+        needs, bounded = {}, set()
         for family in families:
             rows_f = summary[summary["family"] == family]
-            needs[family] = params_to_reach(rows_f["params"].to_numpy(), rows_f["test_acc_mean"].to_numpy(), level)
+            params, accuracy = rows_f["params"].to_numpy(), rows_f["test_acc_mean"].to_numpy()
+            needs[family] = params_to_reach(params, accuracy, level)
+            if reached_at_smallest(params, accuracy, level):
+                bounded.add(family)
         reached = {f: n for f, n in needs.items() if not math.isnan(n)}
         thriftiest = min(reached, key=reached.get)
         rows.append({"test accuracy": f"{100 * level:.0f}%",
-                     **{f"{FAMILY_NAMES[f]} parameters": "not reached" if math.isnan(n) else f"{n:,.0f}"
-                        for f, n in needs.items()}})
-        for family in reached:
-            if family == thriftiest:
-                continue
-            r = params_ratio(results, family, thriftiest, level)
-            versus = f"{reached[family]:,.0f} vs {reached[thriftiest]:,.0f}"
-            if math.isnan(r["low"]):  # some seed never reaches the level: the mean curves only
-                sentences.append(
-                    f"- To reach {100 * level:.0f}% test accuracy, the {FAMILY_NAMES[family]} needs about "
-                    f"{reached[family] / reached[thriftiest]:.1f}x the parameters of the {FAMILY_NAMES[thriftiest]} "
-                    f"({versus}, from the mean curves; not every seed reaches {100 * level:.0f}% within "
-                    f"the budgets, so there is no interval).")
-            elif r["low"] <= 1 <= r["high"]:
-                sentences.append(
-                    f"- To reach {100 * level:.0f}% test accuracy, there is no detectable difference between "
-                    f"the parameters the {FAMILY_NAMES[family]} and the {FAMILY_NAMES[thriftiest]} need ({versus}; "
-                    f"ratio {r['ratio']:.1f}x, 95% CI over seeds [{r['low']:.1f}x, {r['high']:.1f}x]).")
-            else:
-                sentences.append(
-                    f"- To reach {100 * level:.0f}% test accuracy, the {FAMILY_NAMES[family]} needs {r['ratio']:.1f}x "
-                    f"the parameters of the {FAMILY_NAMES[thriftiest]} ({versus}; 95% CI over seeds "
-                    f"[{r['low']:.1f}x, {r['high']:.1f}x]).")
+                     **{f"{FAMILY_NAMES[f]} parameters": "not reached" if math.isnan(n)
+                        else f"at most {n:,.0f}" if f in bounded else f"{n:,.0f}" for f, n in needs.items()}})
+        sentences += [reach_sentence(level, family, thriftiest, reached, bounded,
+                                     params_ratio(results, family, thriftiest, level),
+                                     some_seed_at_smallest(results, family, level)
+                                     or some_seed_at_smallest(results, thriftiest, level))
+                      for family in reached if family != thriftiest]
     return pd.DataFrame(rows).to_markdown(index=False), sentences
+
+
+def reach_sentence(level: float, family: str, reference: str, needs: dict[str, float], bounded: set[str],
+                   ratio: dict, seed_bounded: bool) -> str:
+    """How many times `reference`'s parameters `family` needs to reach `level`, worded by what is known:
+    an interval over seeds, the mean curves only, a bound, or nothing to compare. `bounded` holds the
+    families whose mean curve starts at the level; `seed_bounded` says whether some seed's curve of
+    either family does (see `params_ratio` for `ratio`)."""
+    goal, name, other = f"To reach {100 * level:.0f}% test accuracy", FAMILY_NAMES[family], FAMILY_NAMES[reference]
+    versus = f"{needs[family]:,.0f} vs {needs[reference]:,.0f}"
+    times = needs[family] / needs[reference]
+    if family in bounded and reference in bounded:
+        return (f"- {goal}, the {name} and the {other} need no more than their smallest models ({versus} "
+                f"parameters): no budget here is small enough to compare them.")
+    if bounded & {family, reference}:
+        smallest = FAMILY_NAMES[family] if family in bounded else other
+        return (f"- {goal}, the {name} needs {'at most' if family in bounded else 'at least'} about {times:.1f}x the "
+                f"parameters of the {other} ({versus}, from the mean curves; the {smallest}'s smallest model already "
+                f"reaches {100 * level:.0f}%, so it may need fewer parameters, and there is no interval).")
+    if math.isnan(ratio["low"]) or seed_bounded:
+        why = (f"some seed's smallest model already reaches {100 * level:.0f}%" if seed_bounded
+               else f"not every seed reaches {100 * level:.0f}% within the budgets")
+        return (f"- {goal}, the {name} needs about {times:.1f}x the parameters of the {other} ({versus}, from the "
+                f"mean curves; {why}, so there is no interval).")
+    interval = f"95% CI over seeds [{ratio['low']:.1f}x, {ratio['high']:.1f}x]"
+    if ratio["low"] <= 1 <= ratio["high"]:
+        return (f"- {goal}, there is no detectable difference between the parameters the {name} and the {other} "
+                f"need ({versus}; ratio {ratio['ratio']:.1f}x, {interval}).")
+    return f"- {goal}, the {name} needs {ratio['ratio']:.1f}x the parameters of the {other} ({versus}; {interval})."
 
 
 def curves_figure(curves: pd.DataFrame, budget: int, path: Path) -> None:
@@ -670,7 +704,8 @@ Best mean test accuracy per family [95% CI]:
 ### Parameters needed to reach an accuracy
 
 Interpolated between budgets in log(parameters), from the mean over seeds; the ratios use each
-seed's own curve.
+seed's own curve. Where a family's smallest model already reaches an accuracy, what it needs is
+only bounded ("at most"): a smaller model might reach it too.
 
 {reach}
 
