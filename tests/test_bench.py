@@ -285,6 +285,9 @@ def test_two_runs_are_compared_cell_by_cell(tmp_path, capsys):
     assert "The runs differ in cores and XLA_FLAGS:" in text
     assert "- after: code `abc1234`, AMD EPYC, 1 of 2 cores, batch 128, XLA_FLAGS `--xla_cpu_enable_fast_math=true`" in text
     assert "PyTorch's column measures" not in text
+    on_gpu = run_result([])
+    on_gpu["machine"]["gpu_precision"] = {"jax_default_matmul_precision": "float32"}
+    assert "The runs differ in float32 precision on the GPU:" in comparison(run_result([]), on_gpu)
     for result, version in ((before, "2.13.0"), (flagged, "2.15.0")):
         result["machine"]["torch"] = version
     assert "- The runs differ in PyTorch version: PyTorch's column measures that too." in comparison(before, flagged)

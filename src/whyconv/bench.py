@@ -500,10 +500,12 @@ def load_result(path: Path) -> dict:
 
 
 def run_setting(result: dict) -> dict[str, object]:
-    """What a run's figures depend on besides the code: processor, cores, batch size, XLA_FLAGS."""
+    """What a run's figures depend on besides the code: processor, cores, batch size, XLA_FLAGS and,
+    on a GPU, the precision of float32 products."""
     machine = result.get("machine", {})
     return {"processor": machine.get("processor"), "cores": machine.get("cores"),
-            "batch size": result.get("batch_size"), "XLA_FLAGS": machine.get("xla_flags", "")}
+            "batch size": result.get("batch_size"), "XLA_FLAGS": machine.get("xla_flags", ""),
+            "float32 precision on the GPU": machine.get("gpu_precision")}
 
 
 def torch_setting(result: dict) -> dict[str, object]:
