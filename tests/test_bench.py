@@ -137,13 +137,15 @@ def test_markdown_table_lists_every_row():
 
 
 def test_a_gpu_run_says_what_float32_meant_to_each_framework():
-    result = {"machine": {"devices": ["cuda:0 (NVIDIA H200)"], "jax": "x", "torch": "2.13.0",
+    result = {"machine": {"backend": "gpu", "devices": ["cuda:0 (NVIDIA H200)"], "jax": "x", "torch": "2.13.0",
                           "gpu_precision": {"jax_default_matmul_precision": "default"}},
               "batch_size": 128, "matmul_peak_gflops": 100.0, "rows": [result_row()],
               "seeds_at_100k_images_per_second": {}}
     text = markdown(result)
     assert "float32 products at JAX's `default` precision" in text and "TF32" in text
     assert "**PyTorch ran on the CPU**" in text  # a PyTorch build without CUDA beside JAX's GPU
+    result["machine"].update(processor="AMD EPYC", cores=16, machine_cores=16)
+    assert "ran on 16 of its 16 cores (the host's; the peak below is the GPU's)." in markdown(result)
     result["machine"]["gpu_precision"] |= {"torch_float32_matmul_precision": "highest", "torch_cudnn_allow_tf32": True}
     text = markdown(result)
     assert "matrix products at `highest`" in text and "convolutions in TF32" in text and "on the CPU" not in text

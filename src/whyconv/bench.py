@@ -369,7 +369,8 @@ def run(seconds: float, batch: int, budgets: Sequence[int] = BUDGETS,
     usable, total = cores_used()
     name, extensions = processor()
     return {"code_version": code_version(),
-            "machine": {"processor": name, "vector_extensions": extensions, "cores": usable, "machine_cores": total,
+            "machine": {"backend": jax.default_backend(), "processor": name, "vector_extensions": extensions,
+                        "cores": usable, "machine_cores": total,
                         "devices": [f"{d} ({d.device_kind})" for d in jax.devices()], "jax": jax.__version__,
                         "torch": torch_version(), "malloc_keeps_freed_memory": keeps_freed_memory,
                         "gpu_precision": gpu_precision(), "xla_flags": os.environ.get("XLA_FLAGS", "")},
@@ -442,8 +443,10 @@ def cores_line(machine: dict) -> list[str]:
     if "cores" not in machine:
         return []
     extensions = ", ".join(machine.get("vector_extensions", []))
+    accelerator = machine.get("backend", "cpu").upper()  # older results, all from CPUs, lack it
+    peak = "the peak below is theirs too" if accelerator == "CPU" else f"the host's; the peak below is the {accelerator}'s"
     return [f"- Processor: {machine['processor']}{f' ({extensions})' if extensions else ''}; ran on "
-            f"{machine['cores']} of its {machine['machine_cores']} cores (the peak below is theirs too)."]
+            f"{machine['cores']} of its {machine['machine_cores']} cores ({peak})."]
 
 
 def malloc_line(machine: dict) -> list[str]:
