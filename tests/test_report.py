@@ -141,6 +141,8 @@ def test_report_files_are_self_contained(tmp_path):
     assert "![test accuracy against parameters](figures/accuracy_vs_params.png)" in report
     assert "code version `abc123`" in report and "## Limitations" in report
     assert "Switched off" not in report and "| CNN+GAP  |" in report
+    means = next(line for line in report.splitlines() if line.startswith("- Mean test accuracy on permuted pixels"))
+    assert " > " not in means and "(on natural pixels: CNN" in means  # means in order, not a ranking
     page = (tmp_path / "index.html").read_text()
     assert page.count("data:image/png;base64,") == 8 and 'src="figures/' not in page
     assert "<table>" in page and "MLP parameters" in page
