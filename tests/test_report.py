@@ -91,6 +91,9 @@ def test_a_seed_already_there_at_its_smallest_model_leaves_no_interval():
     sentence = reach_sentence(0.85, "mlp", "cnn", needs, set(), params_ratio(results, "mlp", "cnn", 0.85), True)
     assert "the MLP needs about 8.2x" in sentence and "some seed's smallest model already reaches 85%" in sentence
     assert "95% CI" not in sentence
+    one_seed = results_table([r for r in records if r["seed"] == 1])
+    sentence = reach_sentence(0.88, "mlp", "cnn", needs, set(), params_ratio(one_seed, "mlp", "cnn", 0.88), False)
+    assert "(9,000 vs 1,100, from the mean curves; one seed, so there is no interval)" in sentence
 
 
 def test_factorial_wording_follows_the_interaction():

@@ -223,7 +223,8 @@ def reach_sentence(level: float, family: str, reference: str, needs: dict[str, f
                 f"reaches {100 * level:.0f}%, so it may need fewer parameters, and there is no interval).")
     if math.isnan(ratio["low"]) or seed_bounded:
         why = (f"some seed's smallest model already reaches {100 * level:.0f}%" if seed_bounded
-               else f"not every seed reaches {100 * level:.0f}% within the budgets")
+               else f"not every seed reaches {100 * level:.0f}% within the budgets" if math.isnan(ratio["ratio"])
+               else "one seed")
         return (f"- {goal}, the {name} needs about {times:.1f}x the parameters of the {other} ({versus}, from the "
                 f"mean curves; {why}, so there is no interval).")
     interval = f"95% CI over seeds [{ratio['low']:.1f}x, {ratio['high']:.1f}x]"
