@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from whyconv.capacity import Skeleton
-from whyconv.report import (budget_sentences, diverged_note, factorial_section, first_layer_figure, reach_sentence,
-                            reach_table, some_seed_at_smallest, write_report)
+from whyconv.report import (budget_sentences, diverged_note, factorial_section, first_layer_figure, limitations,
+                            reach_sentence, reach_table, shift_section, some_seed_at_smallest, write_report)
 from whyconv.results import (factorial_table, params_ratio, params_to_reach, permutation_table, results_table,
                              skeleton_table, subsets_table, summarize)
 
@@ -51,6 +51,21 @@ def test_comparison_wording_flips_with_the_data():
                for s in budget_sentences(flipped))
     tied, _ = report_inputs({"mlp": [0.80, 0.85, 0.88], "cnn": [0.80, 0.85, 0.88]})
     assert all("no detectable difference" in s for s in budget_sentences(tied))
+    one_seed = results[results["seed"] == 0]  # no interval: no claim either way
+    assert all("no claim about the CNN against the MLP without an interval" in s for s in budget_sentences(one_seed))
+
+
+def test_one_seed_and_one_budget_are_worded_as_such():
+    shift = pd.DataFrame([{"family": "cnn", "budget": 10_000, "seed": s, "shift": k, "test_acc": 0.9 - 0.1 * k}
+                          for s in range(2) for k in range(3)])
+    assert "(paired over seeds)." in shift_section(shift, 2)
+    one_seed = shift_section(shift[shift["seed"] == 0], 2)
+    assert "falls by 20.00 points, interval unknown with one seed." in one_seed and "paired" not in one_seed
+    results, summary = report_inputs({"mlp": [0.80, 0.85, 0.88]})
+    setup = {"dataset": "d", "sizes": {"train": 10}, "augment_shift": 0, "seeds": [0], "epochs": 2,
+             "learning_rate": 0.1, "weight_decay": 0.0, "dropout": 0.3, "params": {"controls": {"matched_budget": 10_000}}}
+    assert "MLP 1,000 to 100,000." in limitations(results, summary, setup)
+    assert "MLP 10,000 only." in limitations(results, summary[summary["budget"] == 10_000], setup)
 
 
 def test_parameters_needed_names_the_thriftier_family_from_the_data():

@@ -103,8 +103,10 @@ def skeleton_markdown(skeleton: pd.DataFrame) -> str:
 
 
 def verdict(diff: float, low: float, high: float, a: str, b: str, more: str = "more accurate") -> str:
-    """Words for `a` minus `b`: a direction only when the interval excludes zero."""
-    if math.isnan(low) or low <= 0 <= high:
+    """Words for `a` minus `b`: a direction only when the interval excludes zero, none without one."""
+    if math.isnan(low):
+        return f"no claim about the {a} against the {b} without an interval"
+    if low <= 0 <= high:
         return f"there is no detectable difference between the {a} and the {b}"
     less = "less" + more.removeprefix("more")
     return f"the {a} is {more if diff > 0 else less} than the {b}"
@@ -469,8 +471,9 @@ def shift_section(shift: pd.DataFrame, max_shift: int) -> str:
     for family, group in shift.groupby("family", sort=False):
         per_seed = group.pivot(index="seed", columns="shift", values="test_acc")
         drop = mean_interval((per_seed[0] - per_seed[max_shift]).to_numpy())
+        paired = "" if math.isnan(drop[1]) else " (paired over seeds)"
         lines.append(f"- {FAMILY_NAMES[family]}: shifted by {max_shift} pixels, accuracy falls by "
-                     f"{points(*drop).replace('+', '')} (paired over seeds).")
+                     f"{points(*drop).replace('+', '')}{paired}.")
     return ("Test accuracy % (mean over seeds) with every test image moved by s pixels along both axes "
             "(zero fill; the mean of the four diagonal directions):\n\n"
             + (100 * table).round(2).to_markdown() + "\n\n" + "\n".join(lines))
@@ -586,6 +589,7 @@ def families_table(setup: dict) -> str:
 
 def limitations(results: pd.DataFrame, summary: pd.DataFrame, setup: dict) -> str:
     ranges = "; ".join(f"{FAMILY_NAMES[f]} {int(g['params'].min()):,} to {int(g['params'].max()):,}"
+                       if g["params"].nunique() > 1 else f"{FAMILY_NAMES[f]} {int(g['params'].iloc[0]):,} only"
                        for f, g in summary.groupby("family", observed=True))
     seeds = len(setup["seeds"])
     return f"""- One dataset, `{setup['dataset']}`: {setup['sizes']['train']:,} training images; conclusions about
