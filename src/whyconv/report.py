@@ -660,8 +660,8 @@ def write_report(tables: dict[str, pd.DataFrame], setup: dict, folder: Path) -> 
     best = summary.loc[summary.groupby("family", observed=True)["test_acc_mean"].idxmax()]
     best_lines = "\n".join(
         f"- {FAMILY_NAMES[r.family]}: {percent(r.test_acc_mean)}% "
-        f"[{percent(r.test_acc_low)}, {percent(r.test_acc_high)}] at {r.params:,} parameters "
-        f"(budget {r.budget:,})" for r in best.itertuples())
+        f"{'(one seed)' if math.isnan(r.test_acc_low) else f'[{percent(r.test_acc_low)}, {percent(r.test_acc_high)}]'}"
+        f" at {r.params:,} parameters (budget {r.budget:,})" for r in best.itertuples())
     reach, reach_lines = reach_table(results, summary)
     budgets = "; ".join(f"{FAMILY_NAMES[f]} {', '.join(f'{b:,}' for b in sorted(g['budget']))}"
                         for f, g in summary.groupby("family", observed=True))
