@@ -443,8 +443,8 @@ def cores_line(machine: dict) -> list[str]:
     if "cores" not in machine:
         return []
     extensions = ", ".join(machine.get("vector_extensions", []))
-    accelerator = machine.get("backend", "cpu").upper()  # older results, all from CPUs, lack it
-    peak = "the peak below is theirs too" if accelerator == "CPU" else f"the host's; the peak below is the {accelerator}'s"
+    backend = machine.get("backend", "cpu").upper()  # older results, all from CPUs, lack it
+    peak = "the peak below is theirs too" if backend == "CPU" else f"the host's; the peak below is the {backend}'s"
     return [f"- Processor: {machine['processor']}{f' ({extensions})' if extensions else ''}; ran on "
             f"{machine['cores']} of its {machine['machine_cores']} cores ({peak})."]
 

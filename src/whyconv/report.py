@@ -659,9 +659,8 @@ def write_report(tables: dict[str, pd.DataFrame], setup: dict, folder: Path) -> 
                 f"Sample efficiency at {budget:,} parameters", "training images (log scale)", log_x=True)
     best = summary.loc[summary.groupby("family", observed=True)["test_acc_mean"].idxmax()]
     best_lines = "\n".join(
-        f"- {FAMILY_NAMES[r.family]}: {percent(r.test_acc_mean)}% "
-        f"{'(one seed)' if math.isnan(r.test_acc_low) else f'[{percent(r.test_acc_low)}, {percent(r.test_acc_high)}]'}"
-        f" at {r.params:,} parameters (budget {r.budget:,})" for r in best.itertuples())
+        f"- {FAMILY_NAMES[r.family]}: {interval(r.test_acc_mean, r.test_acc_low, r.test_acc_high)} "
+        f"at {r.params:,} parameters (budget {r.budget:,})" for r in best.itertuples())
     reach, reach_lines = reach_table(results, summary)
     budgets = "; ".join(f"{FAMILY_NAMES[f]} {', '.join(f'{b:,}' for b in sorted(g['budget']))}"
                         for f, g in summary.groupby("family", observed=True))
@@ -704,7 +703,7 @@ fewer training images, and what the first layer learns.
 
 ![test accuracy against parameters](figures/accuracy_vs_params.png)
 
-Best mean test accuracy per family [95% CI]:
+Best mean test accuracy per family, % [95% CI]:
 
 {best_lines}
 
