@@ -122,6 +122,9 @@ def test_markdown_table_lists_every_row():
     assert "- Processor: AMD EPYC; ran on 1 of its 2 cores" in markdown(result)
     result["machine"]["vector_extensions"] = ["AVX2", "AVX-512"]
     assert "- Processor: AMD EPYC (AVX2, AVX-512); ran on 1 of its 2 cores" in markdown(result)
+    assert "--seconds" not in markdown(result)  # results from before the timing was recorded
+    result["seconds_per_configuration"] = 1.5
+    assert "- Each configuration timed for about 1.5 s after a warm-up call (`--seconds`)." in markdown(result)
     assert "Code version" not in markdown(result)  # results from before the commit was recorded
     result["code_version"] = "abc1234"
     assert "- Code version `abc1234`." in markdown(result)
@@ -229,6 +232,7 @@ def test_a_subset_of_cells_is_measured_and_written(tmp_path, capsys):
     result = json.loads((tmp_path / "benchmarks.json").read_text())
     assert [(r["family"], r["budget"]) for r in result["rows"]] == [("mlp", 10_000)]
     assert list(result["seeds_at_100k_images_per_second"]) == ["mlp"] and result["lcn_products"] == {}
+    assert result["seconds_per_configuration"] == 0.01
     assert result["machine"]["xla_flags"] == os.environ.get("XLA_FLAGS", "")
     assert (tmp_path / "benchmarks.md").read_text() == markdown(result)
     assert "MLP at 10,000 (width 12)" in capsys.readouterr().out  # progress as it goes

@@ -374,7 +374,7 @@ def run(seconds: float, batch: int, budgets: Sequence[int] = BUDGETS,
                         "devices": [f"{d} ({d.device_kind})" for d in jax.devices()], "jax": jax.__version__,
                         "torch": torch_version(), "malloc_keeps_freed_memory": keeps_freed_memory,
                         "gpu_precision": gpu_precision(), "xla_flags": os.environ.get("XLA_FLAGS", "")},
-            "batch_size": batch, "matmul_peak_gflops": round(peak, 1),
+            "batch_size": batch, "seconds_per_configuration": seconds, "matmul_peak_gflops": round(peak, 1),
             "rows": [asdict(r) for r in rows], "lcn_products": lcn_products,
             "seeds_at_100k_images_per_second": {f: {k: round(v) for k, v in s.items()} for f, s in seeds.items()}}
 
@@ -397,6 +397,7 @@ def markdown(result: dict) -> str:
         "- FLOPs are analytic: three forward passes per training step. An LCN does the same arithmetic",
         "  as the CNN of the same width; sharing saves parameters, not FLOPs.",
         f"- Steps per jitted call as in training: {STEPS_PER_CALL}; each call takes two batches in turn.",
+        *seconds_line(result),
         "",
         "| family | budget | width | parameters | compile s | images/s | GFLOP/step | GFLOP/s | share of peak "
         "| XLA memory MB | PyTorch images/s | whyconv / PyTorch |",
@@ -475,6 +476,14 @@ def precision_lines(machine: dict) -> list[str]:
     elif machine.get("torch"):
         lines.append("- **PyTorch ran on the CPU** (this build has no CUDA): its column is not the GPU's.")
     return lines
+
+
+def seconds_line(result: dict) -> list[str]:
+    """How long each configuration was timed, when recorded (older results lack it)."""
+    if "seconds_per_configuration" not in result:
+        return []
+    return [f"- Each configuration timed for about {result['seconds_per_configuration']:g} s after a warm-up call "
+            "(`--seconds`)."]
 
 
 def torch_part(machine: dict) -> str:
