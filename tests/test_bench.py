@@ -144,7 +144,9 @@ def test_a_gpu_run_says_what_float32_meant_to_each_framework():
                           "gpu_precision": {"jax_default_matmul_precision": "default"}},
               "batch_size": 128, "matmul_peak_gflops": 100.0, "rows": [result_row()],
               "seeds_at_100k_images_per_second": {}}
+    result["lcn_products"] = {"100000": {"width": 9, "products_ms_per_step": 0.13, "best_share_of_peak": 0.01}}
     text = markdown(result)
+    assert "products alone" not in text  # a CPU-only bound, launch overhead on a GPU
     assert "float32 products at JAX's `default` precision" in text and "TF32" in text
     assert "**PyTorch ran on the CPU**" in text  # a PyTorch build without CUDA beside JAX's GPU
     result["machine"].update(processor="AMD EPYC", cores=16, machine_cores=16)
@@ -236,6 +238,23 @@ def test_a_subset_of_cells_is_measured_and_written(tmp_path, capsys):
     assert result["machine"]["xla_flags"] == os.environ.get("XLA_FLAGS", "")
     assert (tmp_path / "benchmarks.md").read_text() == markdown(result)
     assert "MLP at 10,000 (width 12)" in capsys.readouterr().out  # progress as it goes
+
+
+def test_the_lcn_products_bound_is_measured_on_a_cpu_only(tmp_path, monkeypatch):
+    import whyconv.bench as bench
+
+    # Only which parts run matters here, not their figures.
+    monkeypatch.setattr(bench, "lcn_products_seconds", lambda width, batch, seconds: 1e-3)
+    monkeypatch.setattr(bench, "matmul_peak", lambda seconds: 100.0)
+    monkeypatch.setattr(bench, "bench_jax", lambda family, width, batch, seconds: (0.1, 1000.0, 1.0))
+    monkeypatch.setattr(bench, "bench_torch", lambda family, width, batch, seconds: None)
+    monkeypatch.setattr(bench, "bench_seeds", lambda *args: {"together": 1.0, "one_by_one": 1.0})
+    args = ["--families", "lcn", "--budgets", "10000", "--seconds", "0.01", "--out", str(tmp_path)]
+    main(args)
+    assert list(json.loads((tmp_path / "benchmarks.json").read_text())["lcn_products"]) == ["10000"]
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    main(args)
+    assert json.loads((tmp_path / "benchmarks.json").read_text())["lcn_products"] == {}
 
 
 def test_bad_requests_fail_before_measuring_anything(tmp_path, monkeypatch, capsys):
