@@ -1,10 +1,12 @@
-"""Training: one jitted step, a Python loop around it, one seed at a time.
+"""Training: jitted calls of up to `STEPS_PER_CALL` steps each, one seed at a time.
 
 Seeds run one after another rather than vmapped together: measured on a 2-core CPU, a vmapped
 step over 3 seeds was 1.1x (MLP), 2x (LCN) and 3.6x (CNN) slower than three plain steps,
-because XLA lowers a vmapped convolution to a grouped one. Each seed has its own
-initialization (`jax.random.key(seed)`) and its own data order (`default_rng([seed, epoch])`),
-so a rerun with the same params and seeds gives the same numbers on the same machine.
+because XLA lowers a vmapped convolution to a grouped one. On one H200 (reports/benchmarks-gpu.md)
+vmapped seeds paid for the MLP, LCN and GConv (1.2-3.2x) but still slowed the CNNs (0.44-0.65x).
+Each seed has its own initialization (`jax.random.key(seed)`) and its own data order
+(`default_rng([seed, epoch])`), so a rerun with the same params and seeds gives the same numbers
+on the same machine.
 
 The training loop is a Python loop over one jitted call, which runs up to `STEPS_PER_CALL` steps
 in a loop of its own: the host pays one dispatch per call, not per step.
