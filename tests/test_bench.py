@@ -143,8 +143,8 @@ def test_a_gpu_run_says_what_float32_meant_to_each_framework():
     result = {"machine": {"backend": "gpu", "devices": ["cuda:0 (NVIDIA H200)"], "jax": "x", "torch": "2.13.0",
                           "gpu_precision": {"jax_default_matmul_precision": "default"}},
               "batch_size": 128, "matmul_peak_gflops": 100.0, "rows": [result_row()],
-              "seeds_at_100k_images_per_second": {}}
-    result["lcn_products"] = {"100000": {"width": 9, "products_ms_per_step": 0.13, "best_share_of_peak": 0.01}}
+              "seeds_at_100k_images_per_second": {},
+              "lcn_products": {"100000": {"width": 9, "products_ms_per_step": 0.13, "best_share_of_peak": 0.01}}}
     text = markdown(result)
     assert "products alone" not in text  # a CPU-only bound, launch overhead on a GPU
     assert "float32 products at JAX's `default` precision" in text and "TF32" in text

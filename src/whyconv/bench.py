@@ -288,6 +288,14 @@ def lcn_products_seconds(width: int, batch: int, seconds: float) -> float:
     return total
 
 
+def bounds_lcn_step(backend: str) -> bool:
+    """Whether the LCN's products, timed alone, bound its training step on this backend: on a CPU.
+    On an accelerator each products call is a launch of its own (a training call launches fifty
+    steps at once), so its time is mostly launch overhead: on an H200 at batch 128, 2-4x the LCN's
+    whole training step."""
+    return backend == "cpu"
+
+
 def layer_products(kernel: jnp.ndarray, patches: jnp.ndarray, input_grad: bool):
     """One LCN layer's products in a training step: forward, then the gradients (an unused one is
     dropped by XLA, with its product)."""
@@ -353,10 +361,7 @@ def run(seconds: float, batch: int, budgets: Sequence[int] = BUDGETS,
             print(progress_line(row), flush=True)
             rows.append(row)
     lcn_products = {}
-    # A bound for the CPU's step only. On an accelerator each products call is a launch of its own
-    # (the training call launches fifty steps at once), so its time is mostly launch overhead: on
-    # an H200 more than the LCN's whole training step took.
-    for budget in budgets if "lcn" in families and jax.default_backend() == "cpu" else ():
+    for budget in budgets if "lcn" in families and bounds_lcn_step(jax.default_backend()) else ():
         width = widths["lcn", budget].width
         product_seconds = lcn_products_seconds(width, batch, seconds)
         best_share = train_flops("lcn", width, FASHION, batch) / product_seconds / 1e9 / peak
@@ -413,9 +418,8 @@ def markdown(result: dict) -> str:
             f"| {r['family'].upper()} | {r['budget']:,} | {r['width']} | {r['params']:,} | "
             f"{r['compile_seconds']:.2f} | {r['images_per_second']:,} | {r['train_gflop_per_step']:.3f} | "
             f"{r['gflops']:.1f} | {100 * r['share_of_peak']:.0f}% | {r['xla_memory_mb']:.0f} | {torch_ips} | {ratio} |")
-    # Older results and runs without the LCN lack it; so do accelerators' (see `run`), and older
-    # accelerator results that have it show it not.
-    if result.get("lcn_products") and result["machine"].get("backend", "cpu") == "cpu":
+    # Runs without the LCN lack it, as do older results (all from CPUs when they lack the backend).
+    if result.get("lcn_products") and bounds_lcn_step(result["machine"].get("backend", "cpu")):
         lines += ["", "The LCN's matrix products alone (each layer's, forward and backward, as XLA compiles them on",
                   "their own): a step also builds patches, applies activations, the classifier and the optimizer,",
                   "so its share of the peak cannot exceed the last column.", "",
