@@ -1,0 +1,116 @@
+"""How closely two runs of the study agree, seed by seed.
+
+The same params and seeds train to the same results only on the same kernels: another CPU
+instruction set, a GPU (whose float32 products are TF32 by default), or a layer rewritten to
+add in another order changes the rounding, and training carries it into the accuracies. This
+puts a number on it, for a study rerun against the committed outputs, say:
+
+    git show HEAD:reports/results.csv > /tmp/committed.csv
+    python -m whyconv.agreement /tmp/committed.csv reports/results.csv
+
+Test accuracy is a count over the test images, so "same" below is exact, not a tolerance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from whyconv.results import FAMILY_ORDER
+
+# What names one trained model: a run of the study has one row for each.
+RUN_KEY = ["dataset", "comparison", "family", "budget", "width", "train_size", "seed"]
+CELL_KEY = RUN_KEY[:-1]
+
+
+class AgreementError(ValueError):
+    """The two tables cannot be compared (unreadable, or no trained model in common)."""
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise AgreementError(f"cannot read {path}: {err}. Fix: give a study's results.csv.") from err
+    missing = [column for column in [*RUN_KEY, "status", "test_acc"] if column not in frame]
+    if missing:
+        raise AgreementError(f"{path} lacks the columns {missing}. Fix: give a study's results.csv "
+                             "(reports/results.csv, written by the aggregate stage).")
+    return frame
+
+
+def paired_runs(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
+    """The models both tables trained, one row each: both test accuracies and both statuses, and
+    `difference`, second minus first in points, where both trained to the end ("ok")."""
+    # A skeleton cell has no budget: fill the gaps so that the join matches them.
+    columns = [*RUN_KEY, "status", "test_acc"]
+    pairs = first[columns].fillna({"budget": -1}).merge(
+        second[columns].fillna({"budget": -1}), on=RUN_KEY, suffixes=("_first", "_second"))
+    if pairs.empty:
+        raise AgreementError("the two tables have no trained model in common (dataset, cell and seed). "
+                             "Fix: compare runs of the same params.yaml.")
+    both_ok = (pairs["status_first"] == "ok") & (pairs["status_second"] == "ok")
+    pairs["difference"] = (100 * (pairs["test_acc_second"] - pairs["test_acc_first"])).where(both_ok)
+    return pairs
+
+
+def by_family(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Per family: models compared, how many have the same test accuracy, and the largest and
+    median absolute difference in points; then the same over every family."""
+    def agreement(group: pd.DataFrame) -> dict:
+        compared = group["difference"].dropna()
+        return {"models": len(compared), "same": int((compared.abs() < 1e-9).sum()),
+                "largest": compared.abs().max(), "median": compared.abs().median()}
+    families = [family for family in FAMILY_ORDER if family in set(pairs["family"])]
+    rows = [{"family": family, **agreement(pairs[pairs["family"] == family])} for family in families]
+    return pd.DataFrame([*rows, {"family": "all", **agreement(pairs)}])
+
+
+def cell_shifts(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Each cell's mean test accuracy in both runs, in percent (seeds trained to the end in both),
+    and its shift in points, largest shift first."""
+    compared = pairs.dropna(subset=["difference"])
+    cells = compared.groupby(CELL_KEY, sort=False).agg(
+        seeds=("seed", "size"), first=("test_acc_first", "mean"), second=("test_acc_second", "mean"),
+        shift=("difference", "mean")).reset_index()
+    cells[["first", "second"]] *= 100
+    cells["budget"] = cells["budget"].astype("Int64").astype(str).replace("-1", "")
+    return cells.reindex(cells["shift"].abs().sort_values(ascending=False).index).reset_index(drop=True)
+
+
+def summary(first: pd.DataFrame, second: pd.DataFrame, cells: int = 5) -> str:
+    """The agreement as markdown: by family, the cells whose means moved most, and what one table
+    has that the other lacks or where only one run diverged."""
+    pairs = paired_runs(first, second)
+    lines = ["Test accuracy, second run minus first, in points (models trained to the end in both):", "",
+             by_family(pairs).to_markdown(index=False, floatfmt=".2f"), "",
+             f"The {cells} cells whose mean test accuracy (%) moved most:", "",
+             cell_shifts(pairs).head(cells).to_markdown(index=False, floatfmt=".2f")]
+    status = pairs[pairs["status_first"] != pairs["status_second"]]
+    if len(status):
+        lines += ["", f"{len(status)} models trained to the end in one run only:", "",
+                  status[[*RUN_KEY, "status_first", "status_second"]].to_markdown(index=False)]
+    only = {"first": len(first) - len(pairs), "second": len(second) - len(pairs)}
+    if any(only.values()):
+        lines += ["", f"Models in one table only: {only['first']} in the first, {only['second']} in the second."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("first", type=Path, help="a study's results.csv (say, the committed one)")
+    parser.add_argument("second", type=Path, help="another run's results.csv")
+    parser.add_argument("--cells", type=int, default=5, help="how many of the most-moved cells to list")
+    args = parser.parse_args(argv)
+    try:
+        print(summary(read_results(args.first), read_results(args.second), args.cells))
+    except AgreementError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Two runs' results compared seed by seed (whyconv.agreement)."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from whyconv import agreement
+
+
+def study(accuracies: dict[tuple, list[float]]) -> pd.DataFrame:
+    """A results table: (comparison, family, budget, width) -> test accuracy per seed."""
+    rows = [{"dataset": "fashion_mnist", "comparison": comparison, "family": family, "budget": budget,
+             "width": width, "train_size": 55000, "seed": seed, "status": "ok", "test_acc": accuracy}
+            for (comparison, family, budget, width), values in accuracies.items()
+            for seed, accuracy in enumerate(values)]
+    return pd.DataFrame(rows)
+
+
+CELLS = {("budget", "mlp", 25000, 30): [0.8711, 0.8741, 0.8737],
+         ("budget", "cnn", 25000, 19): [0.9060, 0.9060, 0.9074],
+         ("skeleton", "cnn", None, 16): [0.9019, 0.9046, 0.9040]}
+
+
+def test_a_run_agrees_with_itself():
+    families = agreement.by_family(agreement.paired_runs(study(CELLS), study(CELLS)))
+    assert families.set_index("family").loc["all"].to_dict() == {"models": 9, "same": 9, "largest": 0.0, "median": 0.0}
+
+
+def test_differences_are_in_points_by_family_and_by_cell():
+    moved = {**CELLS, ("budget", "cnn", 25000, 19): [0.9060, 0.9183, 0.9074],
+             ("skeleton", "cnn", None, 16): [0.9019, 0.9046, 0.9030]}
+    pairs = agreement.paired_runs(study(CELLS), study(moved))
+    families = agreement.by_family(pairs).set_index("family")
+    assert families.loc["mlp", "same"] == 3 and families.loc["mlp", "largest"] == 0
+    assert families.loc["cnn", "models"] == 6 and families.loc["cnn", "same"] == 4
+    assert families.loc["cnn", "largest"] == pytest.approx(1.23)
+    cells = agreement.cell_shifts(pairs)
+    assert cells.loc[0, ["comparison", "family", "budget"]].tolist() == ["budget", "cnn", "25000"]
+    assert cells.loc[0, "shift"] == pytest.approx(1.23 / 3)
+    assert cells.loc[0, "first"] == pytest.approx(100 * sum(CELLS["budget", "cnn", 25000, 19]) / 3)
+    # The skeleton cell has no budget, and is paired all the same.
+    assert cells.loc[1, ["comparison", "budget", "shift"]].tolist() == ["skeleton", "", pytest.approx(-0.1 / 3)]
+
+
+def test_a_seed_diverged_in_one_run_is_listed_not_compared():
+    second = study(CELLS)
+    second.loc[0, ["status", "test_acc"]] = ["diverged", math.nan]
+    pairs = agreement.paired_runs(study(CELLS), second)
+    assert agreement.by_family(pairs).set_index("family").loc["mlp", "models"] == 2
+    text = agreement.summary(study(CELLS), second)
+    assert "1 models trained to the end in one run only" in text and "diverged" in text
+
+
+def test_models_in_one_table_only_are_counted():
+    fewer = {cell: values for cell, values in CELLS.items() if cell[0] == "budget"}
+    text = agreement.summary(study(CELLS), study(fewer))
+    assert "Models in one table only: 3 in the first, 0 in the second." in text
+
+
+def test_tables_with_nothing_in_common_are_refused():
+    other = study(CELLS).assign(dataset="mnist")
+    with pytest.raises(agreement.AgreementError, match="no trained model in common"):
+        agreement.paired_runs(study(CELLS), other)
+
+
+def test_the_command_names_a_table_that_is_not_a_study(tmp_path, capsys):
+    good, bad = tmp_path / "results.csv", tmp_path / "summary.csv"
+    study(CELLS).to_csv(good, index=False)
+    pd.DataFrame({"family": ["mlp"], "test_acc_mean": [0.87]}).to_csv(bad, index=False)
+    with pytest.raises(SystemExit) as exit_:
+        agreement.main([str(good), str(bad)])
+    assert exit_.value.code == 2
+    assert "lacks the columns" in capsys.readouterr().err
+    agreement.main([str(good), str(good), "--cells", "2"])
+    assert "| all      |        9 |      9 |" in capsys.readouterr().out
