@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from whyconv.bench import (FASHION, Row, bench_jax, comparison, describe_cpu, gpu_precision, jax_step,
+from whyconv.bench import (FASHION, Row, bench_jax, comparison, gpu_precision, jax_step,
                            lcn_products_seconds, main, markdown, memory_mb, progress_line, timed)
 from whyconv.capacity import param_count, spatial_sizes
 from whyconv.compute import forward_flops, train_flops
@@ -177,14 +177,6 @@ def test_progress_line_says_what_was_measured():
                                   "PyTorch 7,573 images/s (6.18x)")
     without_torch = dataclasses.replace(row, torch_images_per_second=None, speedup_vs_torch=None)
     assert progress_line(without_torch) == "LCN at 100,000 (width 9): 46,808 images/s, 15% of the peak"
-
-
-def test_cpu_description_names_the_vector_extensions():
-    x86 = ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\n"
-           "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
-           "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu\n")
-    assert describe_cpu(x86) == ("Intel(R) Xeon(R) Processor", ["AVX2", "AVX-512", "AMX"])
-    assert describe_cpu("processor\t: 0\nFeatures\t: fp asimd sve\n") == (None, ["NEON", "SVE"])
 
 
 MAPPED_BLOCKS_AFTER_8_MIB = """

@@ -81,6 +81,7 @@ def test_repro_produces_every_declared_output_with_sane_values(study):
     assert set(results["family"]) == {"mlp", "lcn", "gconv", "cnn", "cnn_gap"}
     assert results.groupby("comparison").size().to_dict() == {"budget": 14, "permuted": 4, "skeleton": 4, "subset": 4}
     assert (results["status"] == "ok").all()
+    assert results["trained_on"].str.endswith("(cpu)").all()
     assert results["test_acc"].between(0.2, 1.0).all()  # above chance (0.1): the synthetic classes are easy
     assert (abs(results["params"] / results["budget"] - 1) <= 0.1).where(results["comparison"] == "budget", True).all()
     summary = pd.read_csv(study / "reports/summary.csv")
@@ -95,6 +96,7 @@ def test_repro_produces_every_declared_output_with_sane_values(study):
     assert set(metrics) == {"mlp", "lcn", "gconv", "cnn", "cnn_gap"}
     report = (study / "reports/report.md").read_text()
     assert "figures/accuracy_vs_params.png" in report and "| MLP" in report
+    assert f"- Trained on: {results['trained_on'].iloc[0]}, every model" in report
     for figure in ("accuracy_vs_params", "factorial", "permutation", "shift", "subsets", "first_layer", "training_curves"):
         png = (study / f"reports/figures/{figure}.png").read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 10_000, figure

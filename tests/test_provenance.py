@@ -1,8 +1,12 @@
-"""The code version stamped on the report and the benchmark."""
+"""Where figures came from: the code version stamped on the report and the benchmark, and the
+device recorded with every trained model."""
 
 import subprocess
 
-from whyconv.provenance import code_version
+import jax
+
+from whyconv import provenance
+from whyconv.provenance import code_version, describe_cpu, trained_on
 
 
 def git(repo, *args):
@@ -23,3 +27,20 @@ def test_code_version_is_the_commit_marked_when_the_code_differs(tmp_path, monke
     assert code_version() == commit  # an untracked file outside the code does not count
     (tmp_path / "src" / "layer.py").write_text("x = 2\n")
     assert code_version() == f"{commit} with uncommitted changes"
+
+
+def test_cpu_description_names_the_vector_extensions():
+    x86 = ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+           "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+           "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu\n")
+    assert describe_cpu(x86) == ("Intel(R) Xeon(R) Processor", ["AVX2", "AVX-512", "AMX"])
+    assert describe_cpu("processor\t: 0\nFeatures\t: fp asimd sve\n") == (None, ["NEON", "SVE"])
+
+
+def test_each_model_records_the_device_and_any_precision_that_is_not_the_default(monkeypatch):
+    monkeypatch.setattr(provenance, "processor", lambda: ("Intel(R) Xeon(R) Processor", ["AVX2", "AMX"]))
+    assert trained_on() == "Intel(R) Xeon(R) Processor with AVX2, AMX (cpu)"
+    with jax.default_matmul_precision("highest"):
+        assert trained_on() == "Intel(R) Xeon(R) Processor with AVX2, AMX (cpu, float32 products at highest precision)"
+    monkeypatch.setattr(provenance, "processor", lambda: ("arm64", []))
+    assert trained_on() == "arm64 (cpu)"

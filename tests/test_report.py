@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 
 from whyconv.capacity import Skeleton
-from whyconv.report import (budget_sentences, diverged_note, factorial_section, first_layer_figure, limitations,
-                            reach_sentence, reach_table, shift_section, some_seed_at_smallest, write_report)
+from whyconv.report import (budget_sentences, devices_line, diverged_note, factorial_section, first_layer_figure,
+                            limitations, reach_sentence, reach_table, shift_section, some_seed_at_smallest,
+                            write_report)
 from whyconv.results import (factorial_table, params_ratio, params_to_reach, permutation_table, results_table,
                              skeleton_table, subsets_table, summarize)
 
@@ -40,6 +41,16 @@ def study_results(accuracy: dict[str, list[float]], noise: float = 0.004, extra:
 def report_inputs(accuracy):
     results = study_results(accuracy)
     return results, summarize(results, ["family", "budget"])
+
+
+def test_the_setup_names_where_the_models_trained():
+    results, _ = report_inputs({"mlp": [0.80, 0.85, 0.88], "cnn": [0.86, 0.90, 0.92]})
+    assert devices_line(results) == "not recorded, every model"  # tables from before it was recorded
+    results["trained_on"] = "Intel(R) Xeon(R) Processor with AVX-512 (cpu)"
+    assert devices_line(results) == "Intel(R) Xeon(R) Processor with AVX-512 (cpu), every model"
+    results.loc[results["family"] == "cnn", "trained_on"] = "NVIDIA H200 (gpu)"
+    assert devices_line(results) == ("Intel(R) Xeon(R) Processor with AVX-512 (cpu), 9 models; NVIDIA H200 (gpu), "
+                                     "9 models. Compare results only between models trained on one kind of device")
 
 
 def test_comparison_wording_flips_with_the_data():

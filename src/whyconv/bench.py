@@ -39,7 +39,7 @@ from whyconv.capacity import BudgetError, Match, Skeleton, solve_width
 from whyconv.compute import train_flops
 from whyconv.layers import per_position_product, usable_cores
 from whyconv.models import FAMILIES, build_model
-from whyconv.provenance import code_version
+from whyconv.provenance import code_version, processor
 from whyconv.training import STEPS_PER_CALL, compiler_options, loop_steps
 
 FASHION = Skeleton((28, 28, 1), 10)
@@ -302,34 +302,6 @@ def layer_products(kernel: jnp.ndarray, patches: jnp.ndarray, input_grad: bool):
     out, pullback = jax.vjp(per_position_product, kernel, patches)
     kernel_grad, patches_grad = pullback(out)  # any cotangent of the output's shape
     return out, kernel_grad, patches_grad if input_grad else None
-
-
-# The vector extensions that bound a CPU's float32 matmul peak, as /proc/cpuinfo spells them (x86
-# "flags", Arm "Features"): CPUs that report the same model name can differ here.
-VECTOR_EXTENSIONS = {"avx2": "AVX2", "avx512f": "AVX-512", "amx_tile": "AMX", "asimd": "NEON", "sve": "SVE"}
-
-
-def describe_cpu(cpuinfo: str) -> tuple[str | None, list[str]]:
-    """The model name and vector extensions in the text of /proc/cpuinfo (first CPU listed)."""
-    name, flags = None, set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and name is None:
-            name = value.strip()
-        elif key in ("flags", "Features") and not flags:
-            flags = set(value.split())
-    return name, [label for flag, label in VECTOR_EXTENSIONS.items() if flag in flags]
-
-
-def processor() -> tuple[str, list[str]]:
-    """This CPU's model name and vector extensions (Linux reports both in /proc/cpuinfo;
-    platform.processor() is often empty)."""
-    try:
-        name, extensions = describe_cpu(Path("/proc/cpuinfo").read_text())
-    except OSError:
-        name, extensions = None, []
-    return name or platform.processor() or platform.machine(), extensions
 
 
 def cores_used() -> tuple[int, int]:

@@ -570,6 +570,16 @@ def cost_section(results: pd.DataFrame) -> str:
             "runs one training stage per core at once, so its wall time is shorter.\n\n" + table.to_markdown(index=False))
 
 
+def devices_line(results: pd.DataFrame) -> str:
+    """Where the models trained: another CPU or a GPU rounds float32 differently, and training
+    carries that into the accuracies (README, Determinism)."""
+    counts = results["trained_on"].astype(object).fillna("not recorded").value_counts()
+    if len(counts) == 1:
+        return f"{counts.index[0]}, every model"
+    return "; ".join(f"{device}, {n} models" for device, n in counts.items()) + \
+        ". Compare results only between models trained on one kind of device"
+
+
 def families_table(setup: dict) -> str:
     k, depth = setup["model"]["kernel_size"], setup["model"]["depth"]
     rows = [
@@ -690,6 +700,7 @@ fewer training images, and what the first layer learns.
 - Budgets (target parameter counts): {budgets}
 - Seeds: {', '.join(map(str, setup['seeds']))}. Intervals are 95% Student-t intervals over seeds;
   differences between families use Welch intervals.
+- Trained on: {devices_line(results)}
 
 <details><summary>The exact params.yaml</summary>
 

@@ -12,7 +12,7 @@ from scipy import stats
 RESULT_COLUMNS = [
     "dataset", "comparison", "family", "budget", "width", "params", "train_size", "seed", "status", "epochs",
     "val_acc", "test_acc", "val_loss", "test_loss", "train_seconds", "images_per_second",
-    "diverged_epoch",
+    "diverged_epoch", "trained_on",
 ]
 FAMILY_ORDER = ["mlp", "lcn", "gconv", "cnn", "cnn_gap"]
 # The 2 x 2 factorial: (local, shared) of each core family.

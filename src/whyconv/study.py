@@ -1,7 +1,7 @@
 """One training cell of the study: a family at a width, trained for every seed.
 
 A cell is what one DVC stage instance runs. Its folder, runs/<comparison>/<family>-<size>,
-holds `result.json` (one record per seed) and per seed the dvclive per-epoch curves and the
+holds `result.json` (one record per seed, naming the device it trained on) and per seed the dvclive per-epoch curves and the
 trained parameters (`params.msgpack`, read by the probes). The comparisons:
 
     budget    the main sweep: the width is solved to meet a parameter budget
@@ -28,6 +28,7 @@ from whyconv.config import Params, check_budgets, skeleton_for
 from whyconv.controls import permuted_splits, training_subset
 from whyconv.data import Splits
 from whyconv.models import build_model
+from whyconv.provenance import trained_on
 from whyconv.resources import check_memory, estimate_bytes
 from whyconv.training import TrainConfig, train_seed
 
@@ -74,7 +75,7 @@ def train_cell(params: Params, splits: Splits, family: str, *, budget: int | Non
     cell = {
         "dataset": splits.meta.dataset, "comparison": comparison, "family": family,
         "budget": budget, "width": width, "params": param_count(family, width, skeleton),
-        "train_size": splits.meta.sizes["train"],
+        "train_size": splits.meta.sizes["train"], "trained_on": trained_on(),
     }
     store = CheckpointStore(CHECKPOINTS / f"{comparison}-{out.name}", {
         **cell, **fingerprint, "model": params.model.model_dump(), "train": dataclasses.asdict(config),
