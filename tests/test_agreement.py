@@ -52,6 +52,12 @@ def test_a_seed_diverged_in_one_run_is_listed_not_compared():
     assert "1 models trained to the end in one run only" in text and "diverged" in text
 
 
+def test_the_summary_says_where_each_run_trained():
+    gpu = study(CELLS).assign(trained_on="NVIDIA H200 (gpu)")
+    text = agreement.summary(study(CELLS), gpu)
+    assert "First run trained on: not recorded." in text and "Second run trained on: NVIDIA H200 (gpu)." in text
+
+
 def test_models_in_one_table_only_are_counted():
     fewer = {cell: values for cell, values in CELLS.items() if cell[0] == "budget"}
     text = agreement.summary(study(CELLS), study(fewer))

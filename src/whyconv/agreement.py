@@ -85,7 +85,8 @@ def summary(first: pd.DataFrame, second: pd.DataFrame, cells: int = 5) -> str:
     """The agreement as markdown: by family, the cells whose means moved most, and what one table
     has that the other lacks or where only one run diverged."""
     pairs = paired_runs(first, second)
-    lines = ["Test accuracy, second run minus first, in points (models trained to the end in both):", "",
+    lines = [f"First run trained on: {devices(first)}.", f"Second run trained on: {devices(second)}.", "",
+             "Test accuracy, second run minus first, in points (models trained to the end in both):", "",
              by_family(pairs).to_markdown(index=False, floatfmt=".2f"), "",
              f"The {cells} cells whose mean test accuracy (%) moved most:", "",
              cell_shifts(pairs).head(cells).to_markdown(index=False, floatfmt=".2f")]
@@ -97,6 +98,12 @@ def summary(first: pd.DataFrame, second: pd.DataFrame, cells: int = 5) -> str:
     if any(only.values()):
         lines += ["", f"Models in one table only: {only['first']} in the first, {only['second']} in the second."]
     return "\n".join(lines)
+
+
+def devices(results: pd.DataFrame) -> str:
+    """The devices a table's models trained on (`trained_on`; tables before it was kept lack it)."""
+    names = sorted(results["trained_on"].dropna().unique()) if "trained_on" in results else []
+    return "; ".join(names) or "not recorded"
 
 
 def main(argv: list[str] | None = None) -> None:
