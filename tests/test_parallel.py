@@ -149,6 +149,33 @@ def test_sweep_runs_exactly_the_training_stages_and_deals_out_every_core():
         assert set().union(*shares) == os.sched_getaffinity(0)
 
 
+def test_sweep_lets_stages_share_a_gpu_and_keeps_a_users_memory_setting(monkeypatch):
+    import whyconv.sweep as sweep
+
+    for backend, jobs in [("cpu", len(os.sched_getaffinity(0))), ("gpu", 1), ("tpu", 1)]:
+        monkeypatch.setattr(sweep, "run_captured", lambda cmd, backend=backend: f"{backend}\n")
+        assert sweep.default_jobs() == jobs
+    # Several JAX processes on one GPU: none may take most of its memory at its start.
+    assert sweep.stage_environment(3, {"PATH": "/bin"}) == {"PATH": "/bin", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    assert sweep.stage_environment(1, {"PATH": "/bin"}) == {"PATH": "/bin"}
+    for users in ({"XLA_PYTHON_CLIENT_MEM_FRACTION": ".2"}, {"XLA_CLIENT_MEM_FRACTION": ".2"}):
+        assert sweep.stage_environment(3, users) == users
+
+
+def test_sweep_stages_run_in_the_shared_gpu_environment(tmp_path, monkeypatch):
+    import whyconv.sweep as sweep
+
+    seen = tmp_path / "seen.txt"
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
+    monkeypatch.setattr(sweep, "dvc", lambda *args: [
+        "sh", "-c", f"echo {args[-1]} ${{XLA_PYTHON_CLIENT_PREALLOCATE:-unset}} >> {seen}"])
+    assert sweep.run_parallel(["a", "b"], jobs=2, logs=tmp_path / "logs") == []
+    assert sorted(seen.read_text().splitlines()) == ["a false", "b false"]
+    seen.unlink()
+    assert sweep.run_parallel(["a"], jobs=1, logs=tmp_path / "logs") == []
+    assert seen.read_text().split() == ["a", "unset"]
+
+
 def test_sweep_stops_starting_stages_after_a_failure(tmp_path, monkeypatch, capsys):
     from whyconv.sweep import run_parallel
 

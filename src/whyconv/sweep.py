@@ -14,6 +14,10 @@ depends on (`dvc dag`) is done, ahead of any training stage, so the probe of the
 beside the last control cells rather than after them. A last plain `dvc repro` confirms that all
 is up to date.
 
+On an accelerator it runs one stage at a time unless told otherwise. `--jobs N` on a GPU runs N
+stages on it at once, each JAX process then allocating the GPU's memory as it needs it rather than
+taking most of it at its start (a TPU takes one process at a time).
+
 Each stage's output goes to logs/<stage>.log; the terminal gets one line per stage. A failed
 stage stops new ones from starting, and its log's last lines are printed. Interrupted (Ctrl-C),
 it starts nothing new, sees the running stages stop and says so in one message; the finished
@@ -44,6 +48,8 @@ TRAINING_SCRIPT = "pipelines/train.py"
 UPSTREAM = "prepare"  # the one stage the training stages depend on
 STOP_GRACE_SECONDS = 10.0  # after Ctrl-C, how long the running stages get to stop by themselves
 INTERRUPTED = 130  # the exit status of a program stopped by Ctrl-C (128 + SIGINT)
+JAX_MEMORY_VARIABLES = ("XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION",
+                        "XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_ALLOCATOR")
 
 
 def dvc(*args: str) -> list[str]:
@@ -107,6 +113,20 @@ def default_jobs() -> int:
     return len(os.sched_getaffinity(0)) if backend == "cpu" else 1
 
 
+def stage_environment(jobs: int, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The environment each stage runs in: with several workers, JAX allocates a GPU's memory as
+    it needs it.
+
+    By default each JAX process takes 75% of a GPU's memory when it starts, so a second stage on
+    the same GPU would run out of it (JAX's documentation: "GPU memory allocation"). A user's own
+    setting of JAX's memory variables is kept; on a CPU, nothing reads them.
+    """
+    env = dict(environ)
+    if jobs > 1 and not any(name in env for name in JAX_MEMORY_VARIABLES):
+        env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    return env
+
+
 def run_parallel(stages: Sequence[str], jobs: int, logs: Path = LOGS,
                  upstream: Mapping[str, set[str]] | None = None, training: Sequence[str] = ()) -> list[str]:
     """Run each stage in its own `dvc repro`, `jobs` at a time: the stages that failed.
@@ -119,6 +139,7 @@ def run_parallel(stages: Sequence[str], jobs: int, logs: Path = LOGS,
     logs.mkdir(exist_ok=True)
     upstream = upstream or {}
     free_cores = list(core_shares(jobs))
+    env = stage_environment(jobs)
     ready_or_done = threading.Condition()
     pending = sorted(stages, key=lambda s: s.split("@")[0] in training)  # stable: keeps the order
     running: dict[str, subprocess.Popen] = {}
@@ -169,7 +190,7 @@ def run_parallel(stages: Sequence[str], jobs: int, logs: Path = LOGS,
             with log.open("w") as out:
                 running[stage] = subprocess.Popen(
                     dvc("--wait-for-lock", "repro", "--single-item", stage), stdout=out,
-                    stderr=subprocess.STDOUT, preexec_fn=lambda: os.sched_setaffinity(0, cores))
+                    stderr=subprocess.STDOUT, env=env, preexec_fn=lambda: os.sched_setaffinity(0, cores))
             say(f"start {stage}")
             return stage, running[stage], cores, log
 
@@ -235,7 +256,7 @@ def run_parallel(stages: Sequence[str], jobs: int, logs: Path = LOGS,
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", "-j", type=int, default=None,
-                        help="training stages at a time (default: one per core on a CPU, 1 on an accelerator)")
+                        help="stages at a time (default: one per core on a CPU, 1 on an accelerator)")
     args = parser.parse_args(argv)
     jobs = args.jobs or default_jobs()
     if jobs < 1:
