@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from whyconv.capacity import Skeleton
-from whyconv.report import (budget_sentences, devices_line, diverged_note, factorial_section, first_layer_figure,
+from whyconv.report import (budget_sentences, crossing_ranges, devices_line, diverged_note, factorial_section, first_layer_figure,
                             limitations, reach_sentence, reach_table, shift_section, some_seed_at_smallest,
                             write_report)
 from whyconv.results import (factorial_table, params_ratio, params_to_reach, permutation_table, results_table,
@@ -104,6 +104,23 @@ def test_a_need_below_the_smallest_model_is_a_bound_not_a_finding():
     results = study_results({"mlp": [0.885, 0.886, 0.887], "lcn": [0.89, 0.893, 0.897]}, noise=0.0)
     _, sentences = reach_table(results, summarize(results, ["family", "budget"]))
     assert any("88%" in s and "need no more than their smallest models" in s for s in sentences)
+
+
+def test_a_crossing_is_placed_between_the_budgets_whose_intervals_clear_the_level():
+    def curve(family, *points):  # (parameters, mean, low, high) per budget, accuracies in %
+        return [{"family": family, "budget": n, "params": n, "test_acc_mean": m / 100, "test_acc_low": lo / 100,
+                 "test_acc_high": hi / 100} for n, m, lo, hi in points]
+
+    summary = pd.DataFrame(
+        curve("mlp", (1_000, 85.0, 84.5, 85.5), (10_000, 87.5, 86.5, 88.5), (100_000, 89.04, 88.7, 89.4),
+              (400_000, 89.4, 88.9, 89.9))  # flat at 89%: every budget from 10,000 on is inside or near
+        + curve("cnn", (1_000, 88.9, 88.7, 89.1), (10_000, 90.5, 90.2, 90.8), (100_000, 91.6, 91.5, 91.7)))
+    table = crossing_ranges(summary)
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+            for line in table.splitlines()[2:]}
+    assert list(rows) == ["89%", "91%"]  # the levels of the reach table: each family's best, floored
+    assert rows["89%"] == ["over 10,000, if reached", "under 10,000"]  # MLP: 89% inside both of its top intervals
+    assert rows["91%"] == ["not reached", "10,000 to 100,000"]
 
 
 def test_a_seed_already_there_at_its_smallest_model_leaves_no_interval():

@@ -206,6 +206,42 @@ def reach_table(results: pd.DataFrame, summary: pd.DataFrame) -> tuple[str, list
     return pd.DataFrame(rows).to_markdown(index=False), sentences
 
 
+def crossing_ranges(summary: pd.DataFrame) -> str:
+    """Where each family's mean curve crosses each level, as far as its seeds settle it: between
+    the last budget whose 95% interval lies wholly below the level and the first wholly above.
+
+    The reach table interpolates the means, which puts every crossing at one point; where a level
+    lies inside a budget's interval, a small shift of that mean (more seeds, another device's
+    rounding) can move the crossing anywhere in this range, and with it a ratio.
+    """
+    families = [f for f in FAMILY_LABELS if f in set(summary["family"])]
+    rows = []
+    for level in reach_levels(summary):
+        row = {"test accuracy": f"{100 * level:.0f}%"}
+        for family in families:
+            curve = summary[summary["family"] == family]
+            below = curve.loc[curve["test_acc_high"] <= level, "params"]
+            above = curve.loc[curve["test_acc_low"] >= level, "params"]
+            below = below[below < above.min()] if len(above) else below
+            row[FAMILY_NAMES[family]] = crossing_range(below.max() if len(below) else None,
+                                                       above.min() if len(above) else None, len(below) == len(curve))
+        rows.append(row)
+    return pd.DataFrame(rows).to_markdown(index=False)
+
+
+def crossing_range(below: int | None, above: int | None, never: bool) -> str:
+    """A crossing between the budgets whose intervals are wholly below and wholly above the level."""
+    if never:
+        return "not reached"
+    if below and above:
+        return f"{below:,} to {above:,}"
+    if below:
+        return f"over {below:,}, if reached"
+    if above:
+        return f"under {above:,}"
+    return "not settled"
+
+
 def reach_sentence(level: float, family: str, reference: str, needs: dict[str, float], bounded: set[str],
                    ratio: dict, seed_bounded: bool) -> str:
     """How many times `reference`'s parameters `family` needs to reach `level`, worded by what is known:
@@ -727,6 +763,13 @@ only bounded ("at most"): a smaller model might reach it too.
 {reach}
 
 {chr(10).join(reach_lines)}
+
+Where the seeds place each crossing: between the last budget whose 95% interval lies wholly
+below the accuracy and the first wholly above it (parameters). Where this range spans more than
+the two budgets the table above interpolates between, the accuracy lies inside some budget's
+interval, and a small shift of that mean moves the crossing, and the ratios, within the range.
+
+{crossing_ranges(summary)}
 
 ## Accuracy at matched budgets
 
