@@ -191,12 +191,14 @@ def test_report_files_are_self_contained(tmp_path):
     assert " > " not in means and "(on natural pixels: CNN" in means  # means in order, not a ranking
     page = (tmp_path / "index.html").read_text()
     assert page.count("data:image/png;base64,") == 8 and 'src="figures/' not in page
-    assert "<table>" in page and "MLP parameters" in page
+    assert "<table>" in page and "MLP parameters" in page and "Where the seeds place each crossing" in page
     assert re.search(r"- CNN: \d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\] at 100,000 parameters", report)
     tables = full_tables()
     one_seed = tables["results"][(tables["results"]["seed"] == 0) & (tables["results"]["comparison"] == "budget")]
     write_report(tables | {"summary": summarize(one_seed, ["family", "budget"])}, setup, tmp_path)
-    assert re.search(r"- CNN: \d+\.\d\d \(one seed\) at 100,000 parameters", (tmp_path / "report.md").read_text())
+    report = (tmp_path / "report.md").read_text()
+    assert re.search(r"- CNN: \d+\.\d\d \(one seed\) at 100,000 parameters", report)
+    assert "Where the seeds place each crossing" not in report  # one seed: no intervals to place it by
 
 
 def test_diverged_runs_are_named_in_the_report():

@@ -229,6 +229,20 @@ def crossing_ranges(summary: pd.DataFrame) -> str:
     return pd.DataFrame(rows).to_markdown(index=False)
 
 
+def crossings_note(summary: pd.DataFrame) -> str:
+    """The crossing ranges with what they mean; nothing with one seed, which gives no intervals."""
+    if summary["test_acc_low"].isna().all():
+        return ""
+    return f"""
+Where the seeds place each crossing: between the last budget whose 95% interval lies wholly
+below the accuracy and the first wholly above it (parameters). Where this range spans more than
+the two budgets the table above interpolates between, the accuracy lies inside some budget's
+interval, and a small shift of that mean moves the crossing, and the ratios, within the range.
+
+{crossing_ranges(summary)}
+"""
+
+
 def crossing_range(below: int | None, above: int | None, never: bool) -> str:
     """A crossing between the budgets whose intervals are wholly below and wholly above the level."""
     if never:
@@ -763,14 +777,7 @@ only bounded ("at most"): a smaller model might reach it too.
 {reach}
 
 {chr(10).join(reach_lines)}
-
-Where the seeds place each crossing: between the last budget whose 95% interval lies wholly
-below the accuracy and the first wholly above it (parameters). Where this range spans more than
-the two budgets the table above interpolates between, the accuracy lies inside some budget's
-interval, and a small shift of that mean moves the crossing, and the ratios, within the range.
-
-{crossing_ranges(summary)}
-
+{crossings_note(summary)}
 ## Accuracy at matched budgets
 
 {budget_table(summary)}
