@@ -238,6 +238,7 @@ Where the seeds place each crossing: between the last budget whose 95% interval 
 below the accuracy and the first wholly above it (parameters). Where this range spans more than
 the two budgets the table above interpolates between, the accuracy lies inside some budget's
 interval, and a small shift of that mean moves the crossing, and the ratios, within the range.
+More seeds (`train.seeds` in `params.yaml`) narrow the intervals, and with them these ranges.
 
 {crossing_ranges(summary)}
 """
