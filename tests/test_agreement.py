@@ -11,7 +11,8 @@ from whyconv import agreement
 def study(accuracies: dict[tuple, list[float]]) -> pd.DataFrame:
     """A results table: (comparison, family, budget, width) -> test accuracy per seed."""
     rows = [{"dataset": "fashion_mnist", "comparison": comparison, "family": family, "budget": budget,
-             "width": width, "train_size": 55000, "seed": seed, "status": "ok", "test_acc": accuracy}
+             "width": width, "params": budget or 100 * width, "train_size": 55000, "seed": seed, "status": "ok",
+             "test_acc": accuracy}
             for (comparison, family, budget, width), values in accuracies.items()
             for seed, accuracy in enumerate(values)]
     return pd.DataFrame(rows)
@@ -80,3 +81,27 @@ def test_the_command_names_a_table_that_is_not_a_study(tmp_path, capsys):
     assert "lacks the columns" in capsys.readouterr().err
     agreement.main([str(good), str(good), "--cells", "2"])
     assert "| all      |        9 |      9 |" in capsys.readouterr().out
+
+
+def test_the_findings_of_both_runs_are_set_side_by_side():
+    # The four families at the matched budget (25,000), natural and permuted pixels, and the MLP and
+    # CNN at a second budget each, so that each reaches 89% between its two.
+    cells = {("budget", "mlp", 25000, 30): [0.871, 0.874, 0.873], ("budget", "lcn", 25000, 4): [0.885, 0.884, 0.887],
+             ("budget", "gconv", 25000, 6): [0.886, 0.883, 0.889], ("budget", "cnn", 25000, 19): [0.906, 0.907, 0.909],
+             ("permuted", "mlp", 25000, 30): [0.872, 0.873, 0.871], ("permuted", "cnn", 25000, 19): [0.881, 0.882, 0.884],
+             ("budget", "mlp", 100000, 110): [0.891, 0.893, 0.892], ("budget", "cnn", 4000, 4): [0.871, 0.872, 0.873]}
+    first = study(cells)
+    found = agreement.findings(first, [0.89])
+    assert found["drop on permuted pixels: CNN"].startswith(f"{100 * (0.9073333 - 0.8823333):+.2f} [")
+    assert found["2x2 at 25,000 parameters: interaction"].startswith("+")
+    assert found["MLP / CNN parameters to reach 89%"].endswith("]")  # three seeds: an interval
+    # In the second run one MLP seed stays under 89% at its largest budget: no ratio there.
+    second = study({**cells, ("budget", "mlp", 100000, 110): [0.891, 0.888, 0.892]})
+    table = agreement.findings_table(first, second)
+    row = next(line for line in table.splitlines() if "MLP / CNN parameters to reach 89%" in line)
+    assert row.rstrip(" |").endswith("not reached by every seed") and "x [" in row
+    assert "drop on permuted pixels: MLP" in table
+    assert "LCN / CNN parameters to reach 89%" not in table  # reached in neither run: no row
+    # At 88% (the LCN's best, floored: the report's levels) the LCN's one model is there already.
+    row = next(line for line in table.splitlines() if "LCN / CNN parameters to reach 88%" in line)
+    assert row.count("a bound (a smallest model is there already)") == 2

@@ -8,22 +8,27 @@ puts a number on it, for a study rerun against the committed outputs, say:
     git show HEAD:reports/results.csv > /tmp/committed.csv
     python -m whyconv.agreement /tmp/committed.csv reports/results.csv
 
-Test accuracy is a count over the test images, so "same" below is exact, not a tolerance.
+Test accuracy is a count over the test images, so "same" below is exact, not a tolerance. Last,
+the study's findings (the 2x2, the permuted-pixel drops, the parameters each family needs to reach
+the report's accuracies) as each run's own seeds give them, to see which of them moved.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from whyconv.results import FAMILY_ORDER
+from whyconv.report import FAMILY_NAMES, reach_levels, some_seed_at_smallest
+from whyconv.results import FAMILY_ORDER, factorial_table, params_ratio, permutation_table
 
 # What names one trained model: a run of the study has one row for each.
 RUN_KEY = ["dataset", "comparison", "family", "budget", "width", "train_size", "seed"]
 CELL_KEY = RUN_KEY[:-1]
+NOT_REACHED = "not reached by every seed"
 
 
 class AgreementError(ValueError):
@@ -35,7 +40,7 @@ def read_results(path: Path) -> pd.DataFrame:
         frame = pd.read_csv(path)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise AgreementError(f"cannot read {path}: {err}. Fix: give a study's results.csv.") from err
-    missing = [column for column in [*RUN_KEY, "status", "test_acc"] if column not in frame]
+    missing = [column for column in [*RUN_KEY, "params", "status", "test_acc"] if column not in frame]
     if missing:
         raise AgreementError(f"{path} lacks the columns {missing}. Fix: give a study's results.csv "
                              "(reports/results.csv, written by the aggregate stage).")
@@ -97,7 +102,58 @@ def summary(first: pd.DataFrame, second: pd.DataFrame, cells: int = 5) -> str:
     only = {"first": len(first) - len(pairs), "second": len(second) - len(pairs)}
     if any(only.values()):
         lines += ["", f"Models in one table only: {only['first']} in the first, {only['second']} in the second."]
+    lines += ["", "The findings as each run's seeds give them (points or times, 95% interval over seeds):", "",
+              findings_table(first, second)]
     return "\n".join(lines)
+
+
+def findings(results: pd.DataFrame, levels: list[float], reference: str = "cnn") -> dict[str, str]:
+    """The study's findings in one run, each worded with its 95% interval over seeds: the 2x2 and
+    the permuted-pixel drops at the matched budget (the permuted cells' budget), and how many times
+    `reference`'s parameters each family needs to reach each of `levels`."""
+    found = {}
+    permuted = results.loc[results["comparison"] == "permuted", "budget"].dropna()
+    if len(permuted):
+        budget = int(permuted.iloc[0])
+        for row in factorial_table(results, budget).query("kind == 'effect'").itertuples():
+            found[f"2x2 at {budget:,} parameters: {row.term}"] = signed_points(row.estimate, row.low, row.high)
+        for row in permutation_table(results, budget).itertuples():
+            found[f"drop on permuted pixels: {FAMILY_NAMES[row.family]}"] = signed_points(
+                row.drop, row.drop_low, row.drop_high)
+    for level in levels:
+        for family in [f for f in FAMILY_ORDER if f != reference and f in set(results["family"])]:
+            found[f"{FAMILY_NAMES[family]} / {FAMILY_NAMES[reference]} parameters to reach {100 * level:.0f}%"] = (
+                times(params_ratio(results, family, reference, level), some_seed_at_smallest(results, family, level)
+                      or some_seed_at_smallest(results, reference, level)))
+    return found
+
+
+def times(ratio: dict, bounded: bool) -> str:
+    """A ratio of parameters as the report words it: a bound where some seed's smallest model is
+    already at the level, no interval from one seed, nothing where a seed never gets there."""
+    if math.isnan(ratio["ratio"]):
+        return NOT_REACHED
+    if bounded:
+        return f"{ratio['ratio']:.1f}x, a bound (a smallest model is there already)"
+    if math.isnan(ratio["low"]):
+        return f"{ratio['ratio']:.1f}x (one seed)"
+    return f"{ratio['ratio']:.1f}x [{ratio['low']:.1f}x, {ratio['high']:.1f}x]"
+
+
+def signed_points(estimate: float, low: float, high: float) -> str:
+    return f"{100 * estimate:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
+
+
+def findings_table(first: pd.DataFrame, second: pd.DataFrame) -> str:
+    """Both runs' findings side by side, at the accuracies the first run's report names."""
+    budget_runs = first[(first["comparison"] == "budget") & (first["status"] == "ok")]
+    means = budget_runs.groupby(["family", "budget"], as_index=False)["test_acc"].mean()
+    levels = reach_levels(means.rename(columns={"test_acc": "test_acc_mean"}))
+    found = {"first": findings(first, levels), "second": findings(second, levels)}
+    names = list(dict.fromkeys([*found["first"], *found["second"]]))
+    rows = [{"finding": name, **{run: found[run].get(name, "") for run in found}} for name in names
+            if {found["first"].get(name), found["second"].get(name)} != {NOT_REACHED}]
+    return pd.DataFrame(rows, columns=["finding", "first", "second"]).to_markdown(index=False)
 
 
 def devices(results: pd.DataFrame) -> str:
