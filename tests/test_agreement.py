@@ -26,6 +26,7 @@ CELLS = {("budget", "mlp", 25000, 30): [0.8711, 0.8741, 0.8737],
 def test_a_run_agrees_with_itself():
     families = agreement.by_family(agreement.paired_runs(study(CELLS), study(CELLS)))
     assert families.set_index("family").loc["all"].to_dict() == {"models": 9, "same": 9, "largest": 0.0, "median": 0.0}
+    assert "No cell's mean test accuracy moved (all 3 compared)." in agreement.summary(study(CELLS), study(CELLS))
 
 
 def test_differences_are_in_points_by_family_and_by_cell():
@@ -42,6 +43,7 @@ def test_differences_are_in_points_by_family_and_by_cell():
     assert cells.loc[0, "first"] == pytest.approx(100 * sum(CELLS["budget", "cnn", 25000, 19]) / 3)
     # The skeleton cell has no budget, and is paired all the same.
     assert cells.loc[1, ["comparison", "budget", "shift"]].tolist() == ["skeleton", "", pytest.approx(-0.1 / 3)]
+    assert "The 2 cells whose mean test accuracy (%) moved most:" in agreement.summary(study(CELLS), study(moved))
 
 
 def test_a_seed_diverged_in_one_run_is_listed_not_compared():

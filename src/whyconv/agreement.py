@@ -90,11 +90,14 @@ def summary(first: pd.DataFrame, second: pd.DataFrame, cells: int = 5) -> str:
     """The agreement as markdown: by family, the cells whose means moved most, and what one table
     has that the other lacks or where only one run diverged."""
     pairs = paired_runs(first, second)
+    shifts = cell_shifts(pairs)
+    moved = shifts[shifts["shift"].abs() > 1e-9].head(cells)
     lines = [f"First run trained on: {devices(first)}.", f"Second run trained on: {devices(second)}.", "",
              "Test accuracy, second run minus first, in points (models trained to the end in both):", "",
              by_family(pairs).to_markdown(index=False, floatfmt=".2f"), "",
-             f"The {cells} cells whose mean test accuracy (%) moved most:", "",
-             cell_shifts(pairs).head(cells).to_markdown(index=False, floatfmt=".2f")]
+             *([f"The {len(moved)} cells whose mean test accuracy (%) moved most:", "",
+                moved.to_markdown(index=False, floatfmt=".2f")] if len(moved) else
+               [f"No cell's mean test accuracy moved (all {len(shifts)} compared)."])]
     status = pairs[pairs["status_first"] != pairs["status_second"]]
     if len(status):
         lines += ["", f"{len(status)} models trained to the end in one run only:", "",
