@@ -94,14 +94,14 @@ def test_the_findings_of_both_runs_are_set_side_by_side():
              ("budget", "mlp", 100000, 110): [0.891, 0.893, 0.892], ("budget", "cnn", 4000, 4): [0.871, 0.872, 0.873]}
     first = study(cells)
     found = agreement.findings(first, [0.89])
-    assert found["drop on permuted pixels: CNN"].startswith(f"{100 * (0.9073333 - 0.8823333):+.2f} [")
+    assert found["drop on permuted pixels: CNN"].startswith(f"{100 * (0.9073333 - 0.8823333):+.2f} points, 95% CI [")
     assert found["2x2 at 25,000 parameters: interaction"].startswith("+")
     assert found["MLP / CNN parameters to reach 89%"].endswith("]")  # three seeds: an interval
     # In the second run one MLP seed stays under 89% at its largest budget: no ratio there.
     second = study({**cells, ("budget", "mlp", 100000, 110): [0.891, 0.888, 0.892]})
     table = agreement.findings_table(first, second)
     row = next(line for line in table.splitlines() if "MLP / CNN parameters to reach 89%" in line)
-    assert row.rstrip(" |").endswith("not reached by every seed") and "x [" in row
+    assert row.rstrip(" |").endswith("not reached by every seed") and "x, 95% CI [" in row
     assert "drop on permuted pixels: MLP" in table
     assert "LCN / CNN parameters to reach 89%" not in table  # reached in neither run: no row
     # At 88% (the LCN's best, floored: the report's levels) the LCN's one model is there already.

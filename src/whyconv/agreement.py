@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from whyconv.report import FAMILY_NAMES, reach_levels, some_seed_at_smallest
+from whyconv.report import FAMILY_NAMES, points, reach_levels, some_seed_at_smallest
 from whyconv.results import FAMILY_ORDER, factorial_table, params_ratio, permutation_table
 
 # What names one trained model: a run of the study has one row for each.
@@ -105,7 +105,7 @@ def summary(first: pd.DataFrame, second: pd.DataFrame, cells: int = 5) -> str:
     only = {"first": len(first) - len(pairs), "second": len(second) - len(pairs)}
     if any(only.values()):
         lines += ["", f"Models in one table only: {only['first']} in the first, {only['second']} in the second."]
-    lines += ["", "The findings as each run's seeds give them (points or times, 95% interval over seeds):", "",
+    lines += ["", "The findings as each run's seeds give them (95% intervals over seeds):", "",
               findings_table(first, second)]
     return "\n".join(lines)
 
@@ -119,9 +119,9 @@ def findings(results: pd.DataFrame, levels: list[float], reference: str = "cnn")
     if len(permuted):
         budget = int(permuted.iloc[0])
         for row in factorial_table(results, budget).query("kind == 'effect'").itertuples():
-            found[f"2x2 at {budget:,} parameters: {row.term}"] = signed_points(row.estimate, row.low, row.high)
+            found[f"2x2 at {budget:,} parameters: {row.term}"] = points(row.estimate, row.low, row.high)
         for row in permutation_table(results, budget).itertuples():
-            found[f"drop on permuted pixels: {FAMILY_NAMES[row.family]}"] = signed_points(
+            found[f"drop on permuted pixels: {FAMILY_NAMES[row.family]}"] = points(
                 row.drop, row.drop_low, row.drop_high)
     for level in levels:
         for family in [f for f in FAMILY_ORDER if f != reference and f in set(results["family"])]:
@@ -140,11 +140,7 @@ def times(ratio: dict, bounded: bool) -> str:
         return f"{ratio['ratio']:.1f}x, a bound (a smallest model is there already)"
     if math.isnan(ratio["low"]):
         return f"{ratio['ratio']:.1f}x (one seed)"
-    return f"{ratio['ratio']:.1f}x [{ratio['low']:.1f}x, {ratio['high']:.1f}x]"
-
-
-def signed_points(estimate: float, low: float, high: float) -> str:
-    return f"{100 * estimate:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
+    return f"{ratio['ratio']:.1f}x, 95% CI [{ratio['low']:.1f}x, {ratio['high']:.1f}x]"
 
 
 def findings_table(first: pd.DataFrame, second: pd.DataFrame) -> str:
