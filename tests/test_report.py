@@ -2,6 +2,7 @@
 
 import math
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -199,6 +200,34 @@ def test_report_files_are_self_contained(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert re.search(r"- CNN: \d+\.\d\d \(one seed\) at 100,000 parameters", report)
     assert "Where the seeds place each crossing" not in report  # one seed: no intervals to place it by
+
+
+def test_a_control_switched_off_gets_its_words_and_no_empty_figure(tmp_path):
+    setup = {"dataset": "d", "sizes": {"train": 10, "val": 2, "test": 3}, "epochs": 2, "batch_size": 8,
+             "learning_rate": 0.1, "weight_decay": 0.0, "warmup_epochs": 0, "augment_shift": 0, "seeds": [0, 1, 2],
+             "dropout": 0.3, "model": {"kernel_size": 3, "depth": 2}, "version": "abc123",
+             "params": {"train": {"epochs": 2}, "controls": {"matched_budget": 10_000, "max_shift": 0,
+                                                             "permutation": {"seed": 0}}}}
+    tables = full_tables()
+    # Only the MLP and the CNN trained, every control off: what `make crossings` runs.
+    mlp_and_cnn = tables["results"][tables["results"]["comparison"].eq("budget")
+                                    & tables["results"]["family"].isin(["mlp", "cnn"])]
+    tables |= {"results": mlp_and_cnn, "summary": summarize(mlp_and_cnn, ["family", "budget"]),
+               "factorial": factorial_table(mlp_and_cnn, 10_000),
+               "permutation": permutation_table(mlp_and_cnn, 10_000), "subsets": subsets_table(mlp_and_cnn, 10_000),
+               "shift": tables["shift"].iloc[:0], "weights": tables["weights"].iloc[:0]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no figure drawn from nothing (matplotlib warns of an empty legend)
+        write_report(tables, setup, tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    for name in ("factorial", "permutation", "shift", "subsets", "first_layer"):
+        assert f"figures/{name}.png" not in report
+    assert report.count("Switched off") == 4 and "Not run: the 2x2 needs" in report
+    assert "![test accuracy against parameters](figures/accuracy_vs_params.png)" in report
+    # The figures are declared outputs, so they are written all the same, saying there is nothing to show.
+    assert all((tmp_path / "figures" / f"{name}.png").stat().st_size
+               for name in ("factorial", "permutation", "shift", "subsets"))
+    assert (tmp_path / "index.html").read_text().count("data:image/png;base64,") == 3
 
 
 def test_diverged_runs_are_named_in_the_report():

@@ -31,6 +31,9 @@ FAMILY_LABELS = {"mlp": "MLP (neither prior)", "lcn": "LCN (local, not shared)",
                  "gconv": "GConv (shared, not local)", "cnn": "CNN (local, shared)",
                  "cnn_gap": "CNN + global average pool"}
 FAMILY_NAMES = {"mlp": "MLP", "lcn": "LCN", "gconv": "GConv", "cnn": "CNN", "cnn_gap": "CNN+GAP"}
+# Why a control's section is empty: its switch in params.yaml, as the section and its figure say.
+SWITCHED_OFF = {"permutation": "controls.permutation.families is empty", "shift": "controls.max_shift is 0",
+                "subsets": "controls.subsets.sizes or .families is empty", "weights": "controls.weights is false"}
 # One colour per family in every figure, from a colour-blind-safe palette.
 FAMILY_COLORS = dict(zip(FAMILY_LABELS, sns.color_palette("colorblind", len(FAMILY_LABELS))))
 
@@ -62,6 +65,20 @@ def save_figure(fig: plt.Figure, path: Path, dpi: int = 130) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
+
+
+def notice_figure(path: Path, text: str) -> None:
+    """A figure that only says why there is nothing to plot: the file is a declared output, and an
+    earlier run's figure left in its place would look current."""
+    fig, ax = plt.subplots(figsize=(7, 1.5))
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=11, wrap=True)
+    save_figure(fig, path)
+
+
+def figure_link(alt: str, name: str, shown: bool) -> str:
+    """The markdown of a figure in reports/figures, or nothing where its section has nothing to show."""
+    return f"![{alt}](figures/{name})\n\n" if shown else ""
 
 
 def percent(value: float) -> str:
@@ -487,7 +504,7 @@ def permutation_figure(results: pd.DataFrame, budget: int, path: Path) -> None:
 
 def permutation_section(permutation: pd.DataFrame) -> str:
     if permutation.empty:
-        return "Switched off (controls.permutation.families is empty)."
+        return f"Switched off ({SWITCHED_OFF['permutation']})."
     table = pd.DataFrame({
         "family": permutation["family"].map(FAMILY_NAMES),
         "natural %": permutation["natural_acc"].map(percent),
@@ -512,7 +529,7 @@ def permutation_section(permutation: pd.DataFrame) -> str:
 
 def shift_section(shift: pd.DataFrame, max_shift: int) -> str:
     if shift.empty or max_shift == 0:
-        return "Switched off (controls.max_shift is 0)."
+        return f"Switched off ({SWITCHED_OFF['shift']})."
     summary = by_seed_summary(shift, ["family", "shift"])
     table = summary.pivot(index="family", columns="shift", values="test_acc_mean")
     table = table.reindex([f for f in FAMILY_LABELS if f in table.index])
@@ -532,7 +549,7 @@ def shift_section(shift: pd.DataFrame, max_shift: int) -> str:
 
 def subsets_section(results: pd.DataFrame, subsets: pd.DataFrame, budget: int) -> str:
     if subsets.empty:
-        return "Switched off (controls.subsets.sizes or .families is empty)."
+        return f"Switched off ({SWITCHED_OFF['subsets']})."
     table = subsets.assign(cell=[interval(*r) for r in subsets[["test_acc_mean", "test_acc_low", "test_acc_high"]].to_numpy()])
     grid = table.pivot(index="family", columns="train_size", values="cell")
     grid = grid.reindex([f for f in FAMILY_LABELS if f in grid.index])
@@ -556,7 +573,7 @@ def subsets_section(results: pd.DataFrame, subsets: pd.DataFrame, budget: int) -
 
 def weights_section(weights: pd.DataFrame, kernel: int) -> str:
     if weights.empty:
-        return "Switched off (controls.weights is false)."
+        return f"Switched off ({SWITCHED_OFF['weights']})."
     rows = []
     for family in [f for f in FAMILY_LABELS if f in set(weights["family"])]:
         row = {"family": FAMILY_NAMES[family]}
@@ -712,12 +729,29 @@ def write_report(tables: dict[str, pd.DataFrame], setup: dict, folder: Path) -> 
     common = common_budgets(summary)
     curve_budget = int(max(common) if common else summary["budget"].max())
     curves_figure(tables["curves"], curve_budget, figures / "training_curves.png")
-    factorial_figure(tables["factorial"], budget, figures / "factorial.png")
-    permutation_figure(results, budget, figures / "permutation.png")
-    band_figure(by_seed_summary(tables["shift"], ["family", "shift"]), "shift", figures / "shift.png",
-                f"Accuracy under translation at {budget:,} parameters", "shift along both axes (pixels)")
-    band_figure(tables["subsets"], "train_size", figures / "subsets.png",
-                f"Sample efficiency at {budget:,} parameters", "training images (log scale)", log_x=True)
+    # A control that is switched off (or a 2x2 missing a family) gets its section's words and no figure.
+    shown = {"factorial": not tables["factorial"].empty, "permutation": not tables["permutation"].empty,
+             "shift": not tables["shift"].empty and controls["max_shift"] > 0,
+             "subsets": not tables["subsets"].empty, "weights": not tables["weights"].empty}
+    figure_makers = {
+        "factorial": lambda path: factorial_figure(tables["factorial"], budget, path),
+        "permutation": lambda path: permutation_figure(results, budget, path),
+        "shift": lambda path: band_figure(by_seed_summary(tables["shift"], ["family", "shift"]), "shift", path,
+                                          f"Accuracy under translation at {budget:,} parameters",
+                                          "shift along both axes (pixels)"),
+        "subsets": lambda path: band_figure(tables["subsets"], "train_size", path,
+                                            f"Sample efficiency at {budget:,} parameters",
+                                            "training images (log scale)", log_x=True),
+    }
+    not_shown = {"factorial": "No 2x2 in this run: it needs MLP, LCN, GConv and CNN at the matched budget.",
+                 "permutation": f"Permuted pixels: switched off ({SWITCHED_OFF['permutation']}).",
+                 "shift": f"Translation: switched off ({SWITCHED_OFF['shift']}).",
+                 "subsets": f"Sample efficiency: switched off ({SWITCHED_OFF['subsets']})."}
+    for name, make in figure_makers.items():
+        if shown[name]:
+            make(figures / f"{name}.png")
+        else:
+            notice_figure(figures / f"{name}.png", not_shown[name])
     best = summary.loc[summary.groupby("family", observed=True)["test_acc_mean"].idxmax()]
     best_lines = "\n".join(
         f"- {FAMILY_NAMES[r.family]}: {interval(r.test_acc_mean, r.test_acc_low, r.test_acc_high)} "
@@ -804,9 +838,7 @@ The GConv shares one filter across positions like a CNN, but its filter covers t
 (a circular convolution), so it has sharing without locality. With it the four families are a
 2x2 factorial, compared at one matched budget.
 
-![locality x sharing](figures/factorial.png)
-
-{factorial_section(tables["factorial"], budget)}
+{figure_link("locality x sharing", "factorial.png", shown["factorial"])}{factorial_section(tables["factorial"], budget)}
 
 ## Control: permuted pixels
 
@@ -815,9 +847,7 @@ every training, validation and test image, keeps every pixel but destroys spatia
 prior that works because nearby pixels are related should lose its advantage; the MLP, which
 has no notion of position, should not care.
 
-![natural against permuted pixels](figures/permutation.png)
-
-{permutation_section(tables["permutation"])}
+{figure_link("natural against permuted pixels", "permutation.png", shown["permutation"])}{permutation_section(tables["permutation"])}
 
 ## Translation
 
@@ -825,21 +855,15 @@ Every model trained at {budget:,} parameters, tested on shifted images. Weight s
 layers shift-*equivariant*; only pooling makes the output shift-*invariant*, hence the CNN with
 a global-average-pool head (CNN+GAP).
 
-![accuracy against shift](figures/shift.png)
-
-{shift_section(tables["shift"], controls["max_shift"])}
+{figure_link("accuracy against shift", "shift.png", shown["shift"])}{shift_section(tables["shift"], controls["max_shift"])}
 
 ## Sample efficiency
 
-![accuracy against training-set size](figures/subsets.png)
-
-{subsets_section(results, tables["subsets"], budget)}
+{figure_link("accuracy against training-set size", "subsets.png", shown["subsets"])}{subsets_section(results, tables["subsets"], budget)}
 
 ## What the networks learn
 
-![first-layer weights](figures/first_layer.png)
-
-{weights_section(tables["weights"], setup["model"]["kernel_size"])}
+{figure_link("first-layer weights", "first_layer.png", shown["weights"])}{weights_section(tables["weights"], setup["model"]["kernel_size"])}
 
 ## Compute, not only parameters
 
