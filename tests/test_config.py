@@ -1,6 +1,8 @@
 """params.yaml validation: each mistake gets one message naming the key and what is allowed."""
 
 import copy
+import re
+import shlex
 
 import pytest
 import yaml
@@ -10,14 +12,33 @@ from whyconv.config import ParamsError, load_params, parse
 DEFAULT = yaml.safe_load(open("params.yaml"))
 
 
-def with_change(path: str, value):
-    raw = copy.deepcopy(DEFAULT)
+def with_change(path: str, value, base: dict = DEFAULT):
+    raw = copy.deepcopy(base)
     *parents, last = path.split(".")
     node = raw
     for key in parents:
         node = node[key]
     node[last] = value
     return raw
+
+
+def makefile_overrides(variable: str) -> list[tuple[str, str]]:
+    """The `-S key=value` overrides of a variable in the Makefile, as `dvc exp run` receives them."""
+    text = re.sub(r"\\\n", " ", open("Makefile").read())  # join continued lines
+    line = re.search(rf"^{variable} := (.*)$", text, re.MULTILINE).group(1)
+    return [tuple(override.split("=", 1)) for override in shlex.split(line) if override != "-S"]
+
+
+@pytest.mark.parametrize("variable", ["QUICK", "CROSSINGS"])
+def test_the_makefiles_experiments_are_valid_params(variable):
+    """`make quick` and `make crossings` must not fail on their own params, however params.yaml moves."""
+    raw = DEFAULT
+    for path, value in makefile_overrides(variable):
+        raw = with_change(path, yaml.safe_load(value), raw)
+    params = parse(raw)  # every budget reachable too
+    assert params != parse(DEFAULT)
+    if variable == "CROSSINGS":
+        assert len(params.train.seeds) == 10 and {f for f, _ in params.cells()} == {"mlp", "lcn", "cnn"}
 
 
 def test_default_params_are_valid():
