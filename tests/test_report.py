@@ -175,12 +175,17 @@ def full_tables() -> dict[str, pd.DataFrame]:
             "shift": shift, "weights": weights}
 
 
+def report_setup(max_shift: int) -> dict:
+    """What the report stage passes write_report besides the tables, for a small made-up study."""
+    return {"dataset": "d", "sizes": {"train": 10, "val": 2, "test": 3}, "epochs": 2, "batch_size": 8,
+            "learning_rate": 0.1, "weight_decay": 0.0, "warmup_epochs": 0, "augment_shift": 0, "seeds": [0, 1, 2],
+            "dropout": 0.3, "model": {"kernel_size": 3, "depth": 2}, "version": "abc123",
+            "params": {"train": {"epochs": 2}, "controls": {"matched_budget": 10_000, "max_shift": max_shift,
+                                                            "permutation": {"seed": 0}}}}
+
+
 def test_report_files_are_self_contained(tmp_path):
-    setup = {"dataset": "d", "sizes": {"train": 10, "val": 2, "test": 3}, "epochs": 2, "batch_size": 8,
-             "learning_rate": 0.1, "weight_decay": 0.0, "warmup_epochs": 0, "augment_shift": 0, "seeds": [0, 1, 2],
-             "dropout": 0.3, "model": {"kernel_size": 3, "depth": 2}, "version": "abc123",
-             "params": {"train": {"epochs": 2}, "controls": {"matched_budget": 10_000, "max_shift": 2,
-                                                             "permutation": {"seed": 0}}}}
+    setup = report_setup(max_shift=2)
     kernel = np.random.default_rng(0).normal(size=(3, 3, 1, 4))
     first_layer_figure({"cnn": {"Conv_0": {"kernel": kernel}}}, Skeleton((28, 28, 1), 10), tmp_path / "figures/first_layer.png")
     write_report(full_tables(), setup, tmp_path)
@@ -203,11 +208,7 @@ def test_report_files_are_self_contained(tmp_path):
 
 
 def test_a_control_switched_off_gets_its_words_and_no_empty_figure(tmp_path):
-    setup = {"dataset": "d", "sizes": {"train": 10, "val": 2, "test": 3}, "epochs": 2, "batch_size": 8,
-             "learning_rate": 0.1, "weight_decay": 0.0, "warmup_epochs": 0, "augment_shift": 0, "seeds": [0, 1, 2],
-             "dropout": 0.3, "model": {"kernel_size": 3, "depth": 2}, "version": "abc123",
-             "params": {"train": {"epochs": 2}, "controls": {"matched_budget": 10_000, "max_shift": 0,
-                                                             "permutation": {"seed": 0}}}}
+    setup = report_setup(max_shift=0)
     tables = full_tables()
     # Only the MLP and the CNN trained, every control off: what `make crossings` runs.
     mlp_and_cnn = tables["results"][tables["results"]["comparison"].eq("budget")
