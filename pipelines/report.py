@@ -8,8 +8,7 @@ import yaml
 
 from whyconv import stage
 from whyconv.config import load_params
-from whyconv.provenance import code_version
-from whyconv.report import write_report
+from whyconv.report import report_version, write_report
 
 REPORTS = Path("reports")
 TABLES = ("results", "summary", "skeleton", "curves", "factorial", "permutation", "subsets", "shift", "weights")
@@ -19,7 +18,7 @@ def main() -> None:
     params = load_params()
     meta = json.loads(Path("data/prepared/meta.json").read_text())
     setup = {"dataset": meta["dataset"], "sizes": meta["sizes"], "dropout": params.model.dropout,
-             "model": params.model.model_dump(), "version": code_version(),
+             "model": params.model.model_dump(), "version": report_version(),
              "params": yaml.safe_load(Path("params.yaml").read_text()), **params.train.model_dump()}
     tables = {name: pd.read_csv(REPORTS / f"{name}.csv") for name in TABLES}
     write_report(tables, setup, REPORTS)

@@ -7,6 +7,7 @@ import jax
 
 from whyconv import provenance
 from whyconv.provenance import code_version, describe_cpu, trained_on
+from whyconv.report import report_version
 
 
 def git(repo, *args):
@@ -27,6 +28,22 @@ def test_code_version_is_the_commit_marked_when_the_code_differs(tmp_path, monke
     assert code_version() == commit  # an untracked file outside the code does not count
     (tmp_path / "src" / "layer.py").write_text("x = 2\n")
     assert code_version() == f"{commit} with uncommitted changes"
+
+
+def test_the_report_says_when_only_params_yaml_changed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    git(tmp_path, "init", "-q")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "layer.py").write_text("x = 1\n")
+    (tmp_path / "params.yaml").write_text("train: {epochs: 10}\n")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-q", "-m", "study")
+    commit = git(tmp_path, "rev-parse", "--short", "HEAD")
+    assert report_version() == commit
+    (tmp_path / "params.yaml").write_text("train: {epochs: 2}\n")  # what `dvc exp run -S` does
+    assert report_version() == f"{commit} with params.yaml changed"
+    (tmp_path / "src" / "layer.py").write_text("x = 2\n")
+    assert report_version() == f"{commit} with uncommitted changes"
 
 
 def test_cpu_description_names_the_vector_extensions():

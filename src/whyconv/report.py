@@ -25,6 +25,7 @@ import yaml  # noqa: E402
 from whyconv.atomic import atomic_path, write_text  # noqa: E402
 from whyconv.capacity import Skeleton  # noqa: E402
 from whyconv.probes import first_layer_kernel  # noqa: E402
+from whyconv.provenance import CODE_PATHS, code_version, git  # noqa: E402
 from whyconv.results import difference_interval, mean_interval, params_ratio, params_to_reach  # noqa: E402
 
 FAMILY_LABELS = {"mlp": "MLP (neither prior)", "lcn": "LCN (local, not shared)",
@@ -79,6 +80,18 @@ def notice_figure(path: Path, text: str) -> None:
 def figure_link(alt: str, name: str, shown: bool) -> str:
     """The markdown of a figure in reports/figures, or nothing where its section has nothing to show."""
     return f"![{alt}](figures/{name})\n\n" if shown else ""
+
+
+def report_version() -> str:
+    """The code version the report is stamped with: `code_version()`, but where params.yaml is the
+    only change (a `dvc exp run -S` variant of committed code) it says so, rather than suggesting
+    the code itself differs. The report quotes those params whole under Setup."""
+    version = code_version()
+    if version.endswith(" with uncommitted changes"):
+        code = [path for path in CODE_PATHS if path != "params.yaml"]
+        if not git("status", "--porcelain", "--", *code):
+            return version.replace(" with uncommitted changes", " with params.yaml changed")
+    return version
 
 
 def percent(value: float) -> str:
