@@ -15,35 +15,23 @@ def git(repo, *args):
                           capture_output=True, text=True, check=True).stdout.strip()
 
 
-def test_code_version_is_the_commit_marked_when_the_code_differs(tmp_path, monkeypatch):
+def test_code_version_is_the_commit_marked_when_the_code_or_params_differ(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert code_version() == "unknown (not a git checkout)"
     git(tmp_path, "init", "-q")
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "layer.py").write_text("x = 1\n")
-    (tmp_path / "notes.txt").write_text("draft\n")
-    git(tmp_path, "add", "src/layer.py")
-    git(tmp_path, "commit", "-q", "-m", "layer")
-    commit = git(tmp_path, "rev-parse", "--short", "HEAD")
-    assert code_version() == commit  # an untracked file outside the code does not count
-    (tmp_path / "src" / "layer.py").write_text("x = 2\n")
-    assert code_version() == f"{commit} with uncommitted changes"
-
-
-def test_the_report_says_when_only_params_yaml_changed(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    git(tmp_path, "init", "-q")
-    (tmp_path / "src").mkdir()
-    (tmp_path / "src" / "layer.py").write_text("x = 1\n")
     (tmp_path / "params.yaml").write_text("train: {epochs: 10}\n")
-    git(tmp_path, "add", ".")
+    (tmp_path / "notes.txt").write_text("draft\n")
+    git(tmp_path, "add", "src/layer.py", "params.yaml")
     git(tmp_path, "commit", "-q", "-m", "study")
     commit = git(tmp_path, "rev-parse", "--short", "HEAD")
-    assert report_version() == commit
+    assert code_version() == report_version() == commit  # an untracked file outside the code does not count
     (tmp_path / "params.yaml").write_text("train: {epochs: 2}\n")  # what `dvc exp run -S` does
-    assert report_version() == f"{commit} with params.yaml changed"
+    assert code_version() == f"{commit} with uncommitted changes"
+    assert report_version() == f"{commit} with params.yaml changed"  # the report says which
     (tmp_path / "src" / "layer.py").write_text("x = 2\n")
-    assert report_version() == f"{commit} with uncommitted changes"
+    assert code_version() == report_version() == f"{commit} with uncommitted changes"
 
 
 def test_cpu_description_names_the_vector_extensions():
