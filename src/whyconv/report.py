@@ -86,6 +86,8 @@ def report_version() -> str:
     """The code version the report is stamped with: `code_version()`, but where params.yaml is the
     only change (a `dvc exp run -S` variant of committed code) it says so, rather than suggesting
     the code itself differs. The report quotes those params whole under Setup."""
+    # Here, not in provenance.code_version: provenance.py is a dependency of every training stage,
+    # and how the report words its stamp should not retrain the study.
     version = code_version()
     if version.endswith(" with uncommitted changes"):
         code = [path for path in CODE_PATHS if path != "params.yaml"]
@@ -742,29 +744,33 @@ def write_report(tables: dict[str, pd.DataFrame], setup: dict, folder: Path) -> 
     common = common_budgets(summary)
     curve_budget = int(max(common) if common else summary["budget"].max())
     curves_figure(tables["curves"], curve_budget, figures / "training_curves.png")
-    # A control that is switched off (or a 2x2 missing a family) gets its section's words and no figure.
-    shown = {"factorial": not tables["factorial"].empty, "permutation": not tables["permutation"].empty,
-             "shift": not tables["shift"].empty and controls["max_shift"] > 0,
-             "subsets": not tables["subsets"].empty, "weights": not tables["weights"].empty}
-    figure_makers = {
-        "factorial": lambda path: factorial_figure(tables["factorial"], budget, path),
-        "permutation": lambda path: permutation_figure(results, budget, path),
-        "shift": lambda path: band_figure(by_seed_summary(tables["shift"], ["family", "shift"]), "shift", path,
-                                          f"Accuracy under translation at {budget:,} parameters",
-                                          "shift along both axes (pixels)"),
-        "subsets": lambda path: band_figure(tables["subsets"], "train_size", path,
-                                            f"Sample efficiency at {budget:,} parameters",
-                                            "training images (log scale)", log_x=True),
+    # A control that is switched off (or a 2x2 missing a family) gets its section's words and no
+    # figure; its figure file, a declared output, says why instead. name: (shown, draw, why not).
+    control_figures = {
+        "factorial": (not tables["factorial"].empty,
+                      lambda path: factorial_figure(tables["factorial"], budget, path),
+                      "No 2x2 in this run: it needs MLP, LCN, GConv and CNN at the matched budget."),
+        "permutation": (not tables["permutation"].empty,
+                        lambda path: permutation_figure(results, budget, path),
+                        f"Permuted pixels: switched off ({SWITCHED_OFF['permutation']})."),
+        "shift": (not tables["shift"].empty and controls["max_shift"] > 0,
+                  lambda path: band_figure(by_seed_summary(tables["shift"], ["family", "shift"]), "shift", path,
+                                           f"Accuracy under translation at {budget:,} parameters",
+                                           "shift along both axes (pixels)"),
+                  f"Translation: switched off ({SWITCHED_OFF['shift']})."),
+        "subsets": (not tables["subsets"].empty,
+                    lambda path: band_figure(tables["subsets"], "train_size", path,
+                                             f"Sample efficiency at {budget:,} parameters",
+                                             "training images (log scale)", log_x=True),
+                    f"Sample efficiency: switched off ({SWITCHED_OFF['subsets']})."),
     }
-    not_shown = {"factorial": "No 2x2 in this run: it needs MLP, LCN, GConv and CNN at the matched budget.",
-                 "permutation": f"Permuted pixels: switched off ({SWITCHED_OFF['permutation']}).",
-                 "shift": f"Translation: switched off ({SWITCHED_OFF['shift']}).",
-                 "subsets": f"Sample efficiency: switched off ({SWITCHED_OFF['subsets']})."}
-    for name, make in figure_makers.items():
-        if shown[name]:
-            make(figures / f"{name}.png")
+    for name, (shown, draw, why_not) in control_figures.items():
+        if shown:
+            draw(figures / f"{name}.png")
         else:
-            notice_figure(figures / f"{name}.png", not_shown[name])
+            notice_figure(figures / f"{name}.png", why_not)
+    # first_layer.png is the probe stage's.
+    shown = {name: entry[0] for name, entry in control_figures.items()} | {"weights": not tables["weights"].empty}
     best = summary.loc[summary.groupby("family", observed=True)["test_acc_mean"].idxmax()]
     best_lines = "\n".join(
         f"- {FAMILY_NAMES[r.family]}: {interval(r.test_acc_mean, r.test_acc_low, r.test_acc_high)} "
