@@ -13,11 +13,12 @@ QUICK := -S 'study.budgets.mlp=[10000,25000]' -S 'study.budgets.lcn=[10000,25000
          -S train.epochs=2 -S 'train.seeds=[0]'
 
 # Where each family's curve crosses 89%, settled by more seeds: ten seeds at the budgets around
-# that line, for the MLP, the LCN and the CNN only, no controls.
+# that line, for the MLP, the LCN, the GConv and the CNN (the 2x2's families), no controls.
 CROSSINGS := -S 'train.seeds=[0,1,2,3,4,5,6,7,8,9]' \
          -S 'study.budgets.mlp=[25000,50000,100000,200000,400000]' \
          -S 'study.budgets.lcn=[10000,25000,50000,100000]' -S 'study.budgets.cnn=[4000,10000,25000]' \
-         -S 'study.budgets.gconv=[]' -S 'study.budgets.cnn_gap=[]' -S 'study.skeleton_channels=[]' \
+         -S 'study.budgets.gconv=[25000,50000,100000,200000]' \
+         -S 'study.budgets.cnn_gap=[]' -S 'study.skeleton_channels=[]' \
          -S 'controls.permutation.families=[]' -S 'controls.subsets.families=[]' \
          -S controls.max_shift=0 -S controls.weights=false
 

@@ -38,7 +38,7 @@ def test_the_makefiles_experiments_are_valid_params(variable):
     params = parse(raw)  # every budget reachable too
     assert params != parse(DEFAULT)
     if variable == "CROSSINGS":
-        assert len(params.train.seeds) == 10 and {f for f, _ in params.cells()} == {"mlp", "lcn", "cnn"}
+        assert len(params.train.seeds) == 10 and {f for f, _ in params.cells()} == {"mlp", "lcn", "gconv", "cnn"}
 
 
 def test_default_params_are_valid():
