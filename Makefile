@@ -29,11 +29,12 @@ setup:
 study: setup
 	python -m whyconv.sweep
 
+# Both are DVC experiments trained like the study, one stage per core (sweep.py's -S, as dvc exp run's).
 quick: setup
-	dvc exp run $(QUICK)
+	python -m whyconv.sweep $(QUICK)
 
 crossings: setup
-	dvc exp run $(CROSSINGS)
+	python -m whyconv.sweep $(CROSSINGS)
 
 test: setup
 	pytest

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 # JAX warns on any fork once it has started threads; subprocess forks only to exec a fresh
 # interpreter at once, which inherits none of them.
@@ -244,3 +245,22 @@ def test_sweep_starts_a_stage_after_its_upstream_and_ahead_of_training(tmp_path,
     events = order.read_text().splitlines()
     for stage, before in upstream.items():
         assert all(events.index(f"end {b}") < events.index(f"start {stage}") for b in before)
+
+
+def test_sweep_applies_overrides_as_dvc_exp_run_does_and_refuses_bad_ones(tmp_path):
+    from whyconv.sweep import set_params
+
+    params = tmp_path / "params.yaml"
+    default = (Path(__file__).resolve().parents[1] / "params.yaml").read_text()
+    params.write_text(default)
+    set_params(["train.epochs=3", "train.seeds=[0,1]"], params)
+    changed = params.read_text()
+    assert yaml.safe_load(changed)["train"] == {**yaml.safe_load(default)["train"], "epochs": 3, "seeds": [0, 1]}
+    assert changed.count("#") == default.count("#")  # DVC's own YAML round trip keeps the comments
+    for override, reason in [("train.epochs=zero", "train.epochs = 'zero': Input should be a valid integer"),
+                             ("train.learning_rat=0.1", "Could not override 'train.learning_rat'"),
+                             ("study.budgets.lcn=[3000,25000]", "budget 3,000 is below the minimum of family 'lcn'")]:
+        with pytest.raises(SystemExit) as stopped:
+            set_params([override], params)
+        assert reason in str(stopped.value) and f"({params} is left as it was)" in str(stopped.value)
+        assert params.read_text() == changed

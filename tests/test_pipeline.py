@@ -168,6 +168,18 @@ def test_changing_one_budget_reruns_only_its_cells(study):
 
 
 @pytest.mark.slow
+def test_a_variant_through_the_sweep_is_saved_as_a_dvc_experiment(study):
+    out = run([sys.executable, "-m", "whyconv.sweep", "--jobs", "2", "-S", "study.budgets.mlp=[9000]"], study)
+    assert "(0 training stages)" in out and "FAILED" not in out  # dropping a budget trains nothing
+    assert yaml.safe_load((study / "params.yaml").read_text())["study"]["budgets"]["mlp"] == [9000]
+    results = pd.read_csv(study / "reports/results.csv")
+    assert set(results.query("family == 'mlp' and comparison == 'budget'")["budget"]) == {9000}
+    experiments = json.loads(dvc(study, "exp", "show", "--json"))
+    saved = [exp for commit in experiments for exp in commit.get("experiments") or []]
+    assert len(saved) == 1
+
+
+@pytest.mark.slow
 def test_switching_the_controls_off_trains_nothing_and_says_so(study):
     params = yaml.safe_load((study / "params.yaml").read_text())
     params["controls"].update(max_shift=0, weights=False, permutation={"families": [], "seed": 0},

@@ -14,6 +14,13 @@ depends on (`dvc dag`) is done, ahead of any training stage, so the probe of the
 beside the last control cells rather than after them. A last plain `dvc repro` confirms that all
 is up to date.
 
+    python -m whyconv.sweep -S train.epochs=2   # a variant, saved as a DVC experiment
+
+`-S` changes params.yaml as `dvc exp run -S` does (DVC's own code, so the same syntax); after the
+run, `dvc exp save` records it as an experiment, so `dvc exp show` lists it beside `dvc exp run`'s
+and, as there, the variant's params and results stay in the workspace. So a variant trains as the
+study does, one stage per core, where `dvc exp run` runs one stage at a time on every core.
+
 On an accelerator it runs one stage at a time unless told otherwise. `--jobs N` on a GPU runs N
 stages on it at once, each JAX process then allocating the GPU's memory as it needs it rather than
 taking most of it at its start (a TPU takes one process at a time).
@@ -44,6 +51,8 @@ import psutil
 import yaml
 
 LOGS = Path("logs")
+PARAMS = Path("params.yaml")
+CHECK_PARAMS = "import sys; from whyconv import config, stage; stage.run(lambda: config.load_params(sys.argv[1]))"
 TRAINING_SCRIPT = "pipelines/train.py"
 UPSTREAM = "prepare"  # the one stage the training stages depend on
 STOP_GRACE_SECONDS = 10.0  # after Ctrl-C, how long the running stages get to stop by themselves
@@ -88,6 +97,29 @@ def plan() -> tuple[list[str], dict[str, set[str]]]:
     stale = set(json.loads(run_captured(dvc("status", "--json")) or "{}"))
     upstream = upstream_stages(run_captured(dvc("dag", "--dot")))
     return [s for s in stages_to_run(listed, stale, upstream) if s != UPSTREAM], upstream
+
+
+def set_params(overrides: Sequence[str], params: Path = PARAMS) -> None:
+    """Apply `dvc exp run -S` overrides to params.yaml, then check it as every stage will.
+
+    A bad override, or one that leaves params.yaml invalid, puts the file back as it was and exits
+    with the reason, before any stage runs.
+    """
+    from dvc.exceptions import DvcException
+    from dvc.utils.hydra import apply_overrides
+
+    before = params.read_text()
+    try:
+        apply_overrides(params, list(overrides))
+        # In a child process, as every stage reads it: this one must not load JAX before it forks.
+        check = subprocess.run([sys.executable, "-c", CHECK_PARAMS, params], capture_output=True, text=True)
+        reason = check.stderr.strip() if check.returncode else None
+    except DvcException as err:  # an override DVC cannot parse or apply (a key not in the file)
+        cause = f": {err.__cause__}" if err.__cause__ else ""
+        reason = f"error: -S {' -S '.join(overrides)}: {err}{cause}"
+    if reason:
+        params.write_text(before)
+        sys.exit(f"{reason}\n({params} is left as it was)")
 
 
 def run_captured(cmd: list[str]) -> str:
@@ -257,10 +289,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", "-j", type=int, default=None,
                         help="stages at a time (default: one per core on a CPU, 1 on an accelerator)")
+    parser.add_argument("--set-param", "-S", action="append", default=[], metavar="KEY=VALUE",
+                        help="change params.yaml as `dvc exp run -S` does, then save the run as a DVC "
+                             "experiment (`dvc exp show`); repeat for several")
     args = parser.parse_args(argv)
     jobs = args.jobs or default_jobs()
     if jobs < 1:
         parser.error("--jobs must be at least 1")
+    if args.set_param:
+        set_params(args.set_param)
     try:
         # What every training stage reads (the prepared data) comes first, once.
         if subprocess.run(dvc("repro", UPSTREAM)).returncode:
@@ -272,7 +309,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         failed = run_parallel(stages, jobs, upstream=upstream, training=training)
         if failed:
             sys.exit(f"error: {len(failed)} stage(s) failed: {', '.join(failed)}; see logs/ for each")
-        sys.exit(subprocess.run(dvc("repro")).returncode)
+        if code := subprocess.run(dvc("repro")).returncode:
+            sys.exit(code)
+        if args.set_param:
+            sys.exit(subprocess.run(dvc("exp", "save")).returncode)
     except KeyboardInterrupt:
         print("\ninterrupted: the stages reported done are kept, and an interrupted training cell "
               "keeps its finished epochs; run the same command again to go on from there",
