@@ -17,7 +17,7 @@ QUICK := -S 'study.budgets.mlp=[10000,25000]' -S 'study.budgets.lcn=[10000,25000
 CROSSINGS := -S 'train.seeds=[0,1,2,3,4,5,6,7,8,9]' \
          -S 'study.budgets.mlp=[25000,50000,100000,200000,400000]' \
          -S 'study.budgets.lcn=[10000,25000,50000,100000]' -S 'study.budgets.cnn=[4000,10000,25000]' \
-         -S 'study.budgets.gconv=[25000,50000,100000,200000]' \
+         -S 'study.budgets.gconv=[25000,50000,100000,200000,400000]' \
          -S 'study.budgets.cnn_gap=[]' -S 'study.skeleton_channels=[]' \
          -S 'controls.permutation.families=[]' -S 'controls.subsets.families=[]' \
          -S controls.max_shift=0 -S controls.weights=false
