@@ -115,13 +115,17 @@ def test_a_crossing_is_placed_between_the_budgets_whose_intervals_clear_the_leve
     summary = pd.DataFrame(
         curve("mlp", (1_000, 85.0, 84.5, 85.5), (10_000, 87.5, 86.5, 88.5), (100_000, 89.04, 88.7, 89.4),
               (400_000, 89.4, 88.9, 89.9))  # flat at 89%: every budget from 10,000 on is inside or near
+        # up to 89% and back under it: the budget past its best does not count as the last one below
+        + curve("gconv", (25_000, 88.6, 88.46, 88.73), (50_000, 88.89, 88.79, 88.98),
+                (100_000, 89.08, 88.93, 89.22), (200_000, 89.04, 88.88, 89.2), (400_000, 88.8, 88.7, 88.9))
         + curve("cnn", (1_000, 88.9, 88.7, 89.1), (10_000, 90.5, 90.2, 90.8), (100_000, 91.6, 91.5, 91.7)))
     table = crossing_ranges(summary)
     rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
             for line in table.splitlines()[2:]}
     assert list(rows) == ["89%", "91%"]  # the levels of the reach table: each family's best, floored
-    assert rows["89%"] == ["over 10,000, if reached", "under 10,000"]  # MLP: 89% inside both of its top intervals
-    assert rows["91%"] == ["not reached", "10,000 to 100,000"]
+    # MLP: 89% inside both of its top intervals
+    assert rows["89%"] == ["over 10,000, if reached", "over 50,000, if reached", "under 10,000"]
+    assert rows["91%"] == ["not reached", "not reached", "10,000 to 100,000"]
 
 
 def test_a_seed_already_there_at_its_smallest_model_leaves_no_interval():

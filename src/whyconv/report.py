@@ -254,7 +254,11 @@ def crossing_ranges(summary: pd.DataFrame) -> str:
             curve = summary[summary["family"] == family]
             below = curve.loc[curve["test_acc_high"] <= level, "params"]
             above = curve.loc[curve["test_acc_low"] >= level, "params"]
-            below = below[below < above.min()] if len(above) else below
+            # Only the budgets before the curve first comes within reach of the level count as
+            # below it: a curve that falls back under the level past its best (the GConv's, for
+            # one) has not moved its crossing to the larger budgets.
+            near = curve.loc[curve["test_acc_high"] > level, "params"]
+            below = below[below < near.min()] if len(near) else below
             row[FAMILY_NAMES[family]] = crossing_range(below.max() if len(below) else None,
                                                        above.min() if len(above) else None, len(below) == len(curve))
         rows.append(row)
