@@ -264,3 +264,21 @@ def test_sweep_applies_overrides_as_dvc_exp_run_does_and_refuses_bad_ones(tmp_pa
             set_params([override], params)
         assert reason in str(stopped.value) and f"({params} is left as it was)" in str(stopped.value)
         assert params.read_text() == changed
+
+
+def test_sweep_with_overrides_needs_a_git_identity_and_says_so_before_anything_runs(tmp_path, monkeypatch):
+    import whyconv.sweep as sweep
+
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: the check must come before it is read
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "no-gitconfig"))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    for name in ("AUTHOR", "COMMITTER"):
+        monkeypatch.delenv(f"GIT_{name}_NAME", raising=False)
+        monkeypatch.delenv(f"GIT_{name}_EMAIL", raising=False)
+    assert sweep.git_identity_missing() == ["user.name", "user.email"]
+    with pytest.raises(SystemExit) as stopped:
+        sweep.main(["-S", "train.epochs=3"])
+    assert "git has no user.name or user.email: set them (git config --global" in str(stopped.value)
+    identity = {f"GIT_{who}_{field}": "x" for who in ("AUTHOR", "COMMITTER") for field in ("NAME", "EMAIL")}
+    assert sweep.git_identity_missing(identity) == []
+    assert sweep.git_identity_missing({**identity, "GIT_COMMITTER_EMAIL": ""}) == ["user.email"]

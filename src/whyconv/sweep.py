@@ -122,6 +122,17 @@ def set_params(overrides: Sequence[str], params: Path = PARAMS) -> None:
         sys.exit(f"{reason}\n({params} is left as it was)")
 
 
+def git_identity_missing(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """What git lacks for `dvc exp save` to commit: user.name and user.email, each from git's config
+    or from both GIT_AUTHOR_* and GIT_COMMITTER_* in the environment, as DVC reads them."""
+    missing = []
+    for field in ("name", "email"):
+        configured = subprocess.run(["git", "config", f"user.{field}"], capture_output=True).returncode == 0
+        if not configured and not all(environ.get(f"GIT_{who}_{field.upper()}") for who in ("AUTHOR", "COMMITTER")):
+            missing.append(f"user.{field}")
+    return missing
+
+
 def run_captured(cmd: list[str]) -> str:
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
@@ -297,6 +308,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if jobs < 1:
         parser.error("--jobs must be at least 1")
     if args.set_param:
+        # Checked first: without it the run would train in full and fail at its last step.
+        if missing := git_identity_missing():
+            sys.exit(f"error: -S saves the run as a DVC experiment, a git commit, and git has no {' or '.join(missing)}: "
+                     "set them (git config --global user.name 'Your Name'; git config --global user.email "
+                     "you@example.com) and run again; nothing has changed")
         set_params(args.set_param)
     try:
         # What every training stage reads (the prepared data) comes first, once.
