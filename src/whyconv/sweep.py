@@ -304,8 +304,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="change params.yaml as `dvc exp run -S` does, then save the run as a DVC "
                              "experiment (`dvc exp show`); repeat for several")
     args = parser.parse_args(argv)
-    jobs = args.jobs or default_jobs()
-    if jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         parser.error("--jobs must be at least 1")
     if args.set_param:
         # Checked first: without it the run would train in full and fail at its last step.
@@ -314,6 +313,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                      "set them (git config --global user.name 'Your Name'; git config --global user.email "
                      "you@example.com) and run again; nothing has changed")
         set_params(args.set_param)
+    jobs = args.jobs or default_jobs()
     try:
         # What every training stage reads (the prepared data) comes first, once.
         if subprocess.run(dvc("repro", UPSTREAM)).returncode:
