@@ -235,6 +235,25 @@ def test_a_control_switched_off_gets_its_words_and_no_empty_figure(tmp_path):
     assert (tmp_path / "index.html").read_text().count("data:image/png;base64,") == 3
 
 
+def test_a_study_of_one_family_reads_back_from_its_tables_and_says_what_it_cannot_compare(tmp_path):
+    tables = full_tables()
+    results = tables["results"]
+    gconv = results[results["comparison"].eq("budget") & results["family"].eq("gconv")]
+    tables |= {"results": gconv, "summary": summarize(gconv, ["family", "budget"]), "skeleton": skeleton_table(gconv),
+               "factorial": factorial_table(gconv, 10_000), "permutation": permutation_table(gconv, 10_000),
+               "subsets": subsets_table(gconv, 10_000), "shift": tables["shift"].iloc[:0],
+               "weights": tables["weights"].iloc[:0]}
+    # Through CSV files, as the aggregate stage writes them and the report stage reads them back.
+    for name, table in tables.items():
+        table.to_csv(tmp_path / f"{name}.csv", index=False)
+        tables[name] = pd.read_csv(tmp_path / f"{name}.csv")
+    write_report(tables, report_setup(max_shift=0), tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert "Not run: no two families share a budget" in report
+    assert "Not run: it needs an LCN and a CNN with the same channels" in report
+    assert "Not run: the 2x2 needs" in report
+
+
 def test_diverged_runs_are_named_in_the_report():
     results = study_results({"cnn": [0.8, 0.85, 0.9]})
     results.loc[0, ["status", "diverged_epoch", "test_acc"]] = ["diverged", 3, float("nan")]

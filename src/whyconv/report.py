@@ -157,6 +157,13 @@ def skeleton_sentence(row: pd.Series) -> str:
             f"({points(diff, low, high)}), with {row['param_ratio']:.0f}x the parameters.")
 
 
+def skeleton_section(skeleton: pd.DataFrame) -> str:
+    if skeleton.empty:
+        return ("Not run: it needs an LCN and a CNN with the same channels, from study.skeleton_channels "
+                "or from budgets at which both families get the same width.")
+    return skeleton_markdown(skeleton) + "\n\n" + "\n".join(skeleton_sentence(r) for _, r in skeleton.iterrows())
+
+
 def diverged_note(results: pd.DataFrame) -> str:
     """Name every diverged run: they are excluded from means and intervals, and the reader is told."""
     diverged = results[results["status"] == "diverged"]
@@ -844,16 +851,14 @@ only bounded ("at most"): a smaller model might reach it too.
 
 What each prior buys at equal parameter counts (test accuracy, first family minus second):
 
-{chr(10).join(budget_sentences(results))}
+{chr(10).join(budget_sentences(results)) or "Not run: no two families share a budget in study.budgets."}
 
 ## Same skeleton, with and without sharing
 
 LCN and CNN with identical kernels, strides and channels. The LCN has one filter per output
 position, so it has many times the parameters; the accuracy difference is what those buy.
 
-{skeleton_markdown(skeleton)}
-
-{chr(10).join(skeleton_sentence(r) for _, r in skeleton.iterrows())}
+{skeleton_section(skeleton)}
 
 ## Sharing without locality: the 2x2
 

@@ -55,6 +55,10 @@ def summarize(results: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+SKELETON_COLUMNS = ["channels", "lcn_params", "cnn_params", "param_ratio", "lcn_test_acc", "cnn_test_acc",
+                    "lcn_minus_cnn", "lcn_minus_cnn_low", "lcn_minus_cnn_high", "seeds"]
+
+
 def skeleton_table(results: pd.DataFrame) -> pd.DataFrame:
     """Same skeleton, with and without sharing: LCN minus CNN accuracy per channel count.
 
@@ -77,7 +81,8 @@ def skeleton_table(results: pd.DataFrame) -> pd.DataFrame:
             "lcn_minus_cnn": diff, "lcn_minus_cnn_low": low, "lcn_minus_cnn_high": high,
             "seeds": min(len(lcn), len(cnn)),
         })
-    return pd.DataFrame(rows)
+    # The columns even when no width has both families, so that the table reads back from its CSV.
+    return pd.DataFrame(rows, columns=SKELETON_COLUMNS)
 
 
 def contrast_interval(groups: list[np.ndarray], weights: list[float], level: float = 0.95) -> tuple[float, float, float]:
