@@ -1,6 +1,6 @@
 # The two commands: `make study` runs the whole study, `make test` runs the tests.
 # Both set up everything first (scripts/setup.sh), so they work on a fresh clone.
-.PHONY: setup study quick crossings test bench
+.PHONY: setup study quick crossings learning-rate test bench
 
 # Stage commands in dvc.yaml call `python`: make it the project's.
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
@@ -22,6 +22,16 @@ CROSSINGS := -S 'train.seeds=[0,1,2,3,4,5,6,7,8,9]' \
          -S 'controls.permutation.families=[]' -S 'controls.subsets.families=[]' \
          -S controls.max_shift=0 -S controls.weights=false
 
+# The default budgets of the 2x2's families, the GConv on to 400k, at a third of the learning rate:
+# how far the study's findings depend on its one recipe. No controls.
+LEARNING_RATE := -S train.learning_rate=0.001 \
+         -S 'study.budgets.mlp=[4000,10000,25000,100000,400000]' \
+         -S 'study.budgets.lcn=[4000,10000,25000,100000,400000]' -S 'study.budgets.cnn=[1000,4000,10000,25000,100000]' \
+         -S 'study.budgets.gconv=[5000,25000,100000,200000,400000]' \
+         -S 'study.budgets.cnn_gap=[]' -S 'study.skeleton_channels=[]' \
+         -S 'controls.permutation.families=[]' -S 'controls.subsets.families=[]' \
+         -S controls.max_shift=0 -S controls.weights=false
+
 setup:
 	@scripts/setup.sh
 
@@ -29,12 +39,15 @@ setup:
 study: setup
 	python -m whyconv.sweep
 
-# Both are DVC experiments trained like the study, one stage per core (sweep.py's -S, as dvc exp run's).
+# Each is a DVC experiment trained like the study, one stage per core (sweep.py's -S, as dvc exp run's).
 quick: setup
 	python -m whyconv.sweep $(QUICK)
 
 crossings: setup
 	python -m whyconv.sweep $(CROSSINGS)
+
+learning-rate: setup
+	python -m whyconv.sweep $(LEARNING_RATE)
 
 test: setup
 	pytest

@@ -29,9 +29,10 @@ def makefile_overrides(variable: str) -> list[tuple[str, str]]:
     return [tuple(override.split("=", 1)) for override in shlex.split(line) if override != "-S"]
 
 
-@pytest.mark.parametrize("variable", ["QUICK", "CROSSINGS"])
+@pytest.mark.parametrize("variable", ["QUICK", "CROSSINGS", "LEARNING_RATE"])
 def test_the_makefiles_experiments_are_valid_params(variable):
-    """`make quick` and `make crossings` must not fail on their own params, however params.yaml moves."""
+    """`make quick`, `make crossings` and `make learning-rate` must not fail on their own params, however
+    params.yaml moves."""
     raw = DEFAULT
     for path, value in makefile_overrides(variable):
         raw = with_change(path, yaml.safe_load(value), raw)
