@@ -22,9 +22,10 @@ CROSSINGS := -S 'train.seeds=[0,1,2,3,4,5,6,7,8,9]' \
          -S 'controls.permutation.families=[]' -S 'controls.subsets.families=[]' \
          -S controls.max_shift=0 -S controls.weights=false
 
-# The default budgets of the 2x2's families, the GConv on to 400k, at a third of the learning rate:
-# how far the study's findings depend on its one recipe. No controls.
-LEARNING_RATE := -S train.learning_rate=0.001 \
+# The default budgets of the 2x2's families, the GConv on to 400k, at another learning rate (a third
+# of the study's unless LR=... is given): how far the findings depend on the one recipe. No controls.
+LR ?= 0.001
+LEARNING_RATE := -S train.learning_rate=$(LR) \
          -S 'study.budgets.mlp=[4000,10000,25000,100000,400000]' \
          -S 'study.budgets.lcn=[4000,10000,25000,100000,400000]' -S 'study.budgets.cnn=[1000,4000,10000,25000,100000]' \
          -S 'study.budgets.gconv=[5000,25000,100000,200000,400000]' \

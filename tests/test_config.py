@@ -26,6 +26,8 @@ def makefile_overrides(variable: str) -> list[tuple[str, str]]:
     """The `-S key=value` overrides of a variable in the Makefile, as `dvc exp run` receives them."""
     text = re.sub(r"\\\n", " ", open("Makefile").read())  # join continued lines
     line = re.search(rf"^{variable} := (.*)$", text, re.MULTILINE).group(1)
+    # A make variable in it ($(LR)) takes its default (LR ?= 0.001), as a plain `make` gives it.
+    line = re.sub(r"\$\((\w+)\)", lambda m: re.search(rf"^{m[1]} \?= (.*)$", text, re.MULTILINE)[1], line)
     return [tuple(override.split("=", 1)) for override in shlex.split(line) if override != "-S"]
 
 
@@ -40,6 +42,9 @@ def test_the_makefiles_experiments_are_valid_params(variable):
     assert params != parse(DEFAULT)
     if variable == "CROSSINGS":
         assert len(params.train.seeds) == 10 and {f for f, _ in params.cells()} == {"mlp", "lcn", "gconv", "cnn"}
+    if variable == "LEARNING_RATE":
+        assert params.train.learning_rate != parse(DEFAULT).train.learning_rate
+        assert {f for f, _ in params.cells()} == {"mlp", "lcn", "gconv", "cnn"}
 
 
 def test_default_params_are_valid():
