@@ -9,8 +9,8 @@ from whyconv import stage
 from whyconv.atomic import atomic_path, write_text
 from whyconv.compute import forward_flops
 from whyconv.config import Params, load_params, skeleton_for
-from whyconv.results import (factorial_table, headline_metrics, permutation_table, read_curves, results_table,
-                             skeleton_table, subsets_table, summarize)
+from whyconv.results import (at_chance_as_diverged, factorial_table, headline_metrics, permutation_table, read_curves,
+                             results_table, skeleton_table, subsets_table, summarize)
 from whyconv.study import cell_dir, read_cell
 
 REPORTS = Path("reports")
@@ -32,15 +32,16 @@ def main() -> None:
     missing = [str(cell_dir(*c)) for c in cells if not (cell_dir(*c) / "result.json").is_file()]
     if missing:
         raise stage.StudyError(f"no results for {', '.join(missing)}. Fix: run `dvc repro` (it trains them).")
-    results = results_table([record for c in cells for record in read_cell(*c)])
     meta = json.loads(Path("data/prepared/meta.json").read_text())
     skeleton = skeleton_for(params, meta["image_shape"], len(meta["class_names"]))
+    curves = {(c, seed): read_curves(cell_dir(*c) / f"seed{seed}") for c in cells for seed in params.train.seeds}
+    results = results_table([at_chance_as_diverged(record, curves[c, record["seed"]], skeleton.num_classes)
+                             for c in cells for record in read_cell(*c)])
     results.insert(results.columns.get_loc("params") + 1, "forward_flops",
                    [forward_flops(f, w, skeleton) for f, w in zip(results["family"], results["width"])])
     summary = summarize(results[results["comparison"] == "budget"], ["family", "budget"])
-    curves = pd.concat([
-        read_curves(cell_dir(*c) / f"seed{seed}").assign(comparison=c[0], family=c[1], size=c[2], seed=seed)
-        for c in cells for seed in params.train.seeds])
+    curves = pd.concat([curve.assign(comparison=c[0], family=c[1], size=c[2], seed=seed)
+                        for (c, seed), curve in curves.items()])
     budget = params.controls.matched_budget
     tables = [("results", results), ("summary", summary), ("skeleton", skeleton_table(results)),
               ("factorial", factorial_table(results, budget)), ("permutation", permutation_table(results, budget)),

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from whyconv.capacity import Skeleton
-from whyconv.report import (budget_sentences, crossing_ranges, devices_line, diverged_note, factorial_section, first_layer_figure,
-                            limitations, reach_sentence, reach_table, shift_section, some_seed_at_smallest,
-                            write_report)
+from whyconv.report import (budget_sentences, budget_table, crossing_ranges, devices_line, diverged_note,
+                            factorial_section, first_layer_figure, limitations, reach_sentence, reach_table,
+                            shift_section, some_seed_at_smallest, write_report)
 from whyconv.results import (factorial_table, params_ratio, params_to_reach, permutation_table, results_table,
                              skeleton_table, subsets_table, summarize)
 
@@ -257,6 +257,11 @@ def test_a_study_of_one_family_reads_back_from_its_tables_and_says_what_it_canno
 def test_diverged_runs_are_named_in_the_report():
     results = study_results({"cnn": [0.8, 0.85, 0.9]})
     results.loc[0, ["status", "diverged_epoch", "test_acc"]] = ["diverged", 3, float("nan")]
+    results.loc[1, ["status", "diverged_epoch", "test_acc"]] = ["diverged", 2, 0.1]  # a model that ended at chance
     note = diverged_note(results)
-    assert note.startswith("**1 run(s) diverged**") and "CNN budget 1000 seed 0 (epoch 3)" in note
+    assert note.startswith("**2 run(s) diverged**") and "A lower `train.learning_rate`" in note
+    assert "CNN budget 1000 seed 0 (epoch 3)" in note
+    assert "CNN budget 1000 seed 1 (epoch 2, then at chance: 10.00% test accuracy)" in note
+    results.loc[2, ["status", "diverged_epoch", "test_acc"]] = ["diverged", 2, 0.1]  # the whole cell
+    assert "| n/a (no seed finished)" in budget_table(summarize(results, ["family", "budget"]))
     assert diverged_note(study_results({"cnn": [0.8, 0.85, 0.9]})) == "Every run finished with a finite loss."

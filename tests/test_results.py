@@ -3,11 +3,13 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
 from whyconv.report import skeleton_sentence
-from whyconv.results import difference_interval, mean_interval, results_table, skeleton_table, summarize
+from whyconv.results import (at_chance_as_diverged, difference_interval, mean_interval, results_table, skeleton_table,
+                             summarize)
 
 
 def test_mean_interval_is_the_student_t_interval():
@@ -33,6 +35,24 @@ def test_summary_excludes_diverged_seeds_and_counts_them():
     row = summary.iloc[0]
     assert (row["seeds"], row["diverged"]) == (3, 1)
     assert row["test_acc_mean"] == pytest.approx(0.82)
+
+
+def test_a_run_that_ends_giving_every_image_one_answer_counts_as_diverged():
+    # Seed 1 as the GConv at 400k trained at learning rate 0.01: a good first epoch, then a
+    # uniform guess's loss, ln(10), to the end, and chance accuracy.
+    healthy = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.44, 0.61, 0.52]})
+    dead = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.66, 2.3114, 2.3026]})
+    dead_run = record("budget", "gconv", 30, 1, 0.1) | {"val_loss": 2.30259, "val_acc": 0.0928, "epochs": 3}
+    marked = at_chance_as_diverged(dead_run, dead, num_classes=10)
+    assert (marked["status"], marked["diverged_epoch"], marked["test_acc"]) == ("diverged", 2, 0.1)
+    records = [record("budget", "gconv", 30, 0, 0.87), marked]
+    row = summarize(results_table(records), ["family", "budget"]).iloc[0]
+    assert (row["seeds"], row["diverged"], row["test_acc_mean"]) == (1, 1, 0.87)
+    # A model that learned something, however little, or that stopped before the end, stays as it is.
+    for run, curve in [(record("budget", "gconv", 30, 0, 0.87), healthy),
+                       (dead_run | {"val_loss": 2.25, "val_acc": 0.19}, healthy),
+                       (record("budget", "gconv", 30, 0, float("nan"), status="diverged"), dead)]:
+        assert at_chance_as_diverged(run, curve, num_classes=10) == run
 
 
 def skeleton_rows(lcn_accs, cnn_accs):

@@ -101,6 +101,8 @@ def percent(value: float) -> str:
 
 
 def interval(mean: float, low: float, high: float) -> str:
+    if math.isnan(mean):
+        return "n/a (no seed finished)"
     if math.isnan(low):
         return f"{percent(mean)} (one seed)"
     return f"{percent(mean)} [{percent(low)}, {percent(high)}]"
@@ -170,9 +172,12 @@ def diverged_note(results: pd.DataFrame) -> str:
     if diverged.empty:
         return "Every run finished with a finite loss."
     runs = "; ".join(f"{FAMILY_NAMES[r.family]} {r.comparison} {r.width if r.comparison == 'skeleton' else int(r.budget)}"
-                     f" seed {r.seed} (epoch {int(r.diverged_epoch)})" for r in diverged.itertuples())
-    return (f"**{len(diverged)} run(s) diverged** (non-finite training loss) and are excluded from "
-            f"every mean and interval: {runs}.")
+                     f" seed {r.seed} (epoch {int(r.diverged_epoch)}"
+                     f"{'' if math.isnan(r.test_acc) else f', then at chance: {percent(r.test_acc)}% test accuracy'})"
+                     for r in diverged.itertuples())
+    return (f"**{len(diverged)} run(s) diverged** and are excluded from every mean and interval: their training loss "
+            "became non-finite, or rose to a uniform guess's and stayed there (the model then gives every image the "
+            f"same answer). A lower `train.learning_rate` usually avoids both. {runs}.")
 
 
 # What each pair of families isolates, in the study's terms.

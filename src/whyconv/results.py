@@ -14,6 +14,7 @@ RESULT_COLUMNS = [
     "val_acc", "test_acc", "val_loss", "test_loss", "train_seconds", "images_per_second",
     "diverged_epoch", "trained_on",
 ]
+CHANCE_LOSS_TOLERANCE = 0.01  # a validation loss this close to ln(classes) is a uniform guess's
 FAMILY_ORDER = ["mlp", "lcn", "gconv", "cnn", "cnn_gap"]
 # The 2 x 2 factorial: (local, shared) of each core family.
 FACTORIAL = {"mlp": (False, False), "lcn": (True, False), "gconv": (False, True), "cnn": (True, True)}
@@ -177,6 +178,22 @@ def headline_metrics(summary: pd.DataFrame) -> dict:
         metrics[str(family)] = {"best_test_acc": round(float(best["test_acc_mean"]), 4),
                                 "at_params": int(best["params"])}
     return metrics
+
+
+def at_chance_as_diverged(record: dict, curve: pd.DataFrame, num_classes: int) -> dict:
+    """A run that ended giving every image the same answer, marked diverged like a non-finite loss.
+
+    A learning rate too high for a model can kill it without a non-finite loss: after one bad
+    step every ReLU is silent, and the model outputs its classifier's bias whatever the image. Its
+    loss then settles at ln(num_classes), a uniform guess's, and its accuracy at chance. Such a run
+    measures the recipe, not its family, so it is named and left out of the means like a diverged
+    one; its `diverged_epoch` is the first epoch whose training loss was at that level.
+    """
+    at_chance_loss = math.log(num_classes) - CHANCE_LOSS_TOLERANCE
+    if record["status"] != "ok" or record["val_loss"] < at_chance_loss or record["val_acc"] > 1.5 / num_classes:
+        return record
+    epochs = curve.loc[curve["train_loss"] >= at_chance_loss, "epoch"]
+    return record | {"status": "diverged", "diverged_epoch": int(epochs.iloc[0]) if len(epochs) else record["epochs"]}
 
 
 def read_curves(folder: Path) -> pd.DataFrame:
