@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from whyconv.capacity import Skeleton
-from whyconv.report import (budget_sentences, budget_table, crossing_ranges, devices_line, diverged_note,
-                            factorial_section, first_layer_figure, limitations, reach_sentence, reach_table,
-                            shift_section, some_seed_at_smallest, write_report)
+from whyconv.report import (budget_sentences, budget_table, compute_section, crossing_ranges, devices_line,
+                            diverged_note, factorial_section, first_layer_figure, limitations, reach_sentence,
+                            reach_table, shift_section, some_seed_at_smallest, write_report)
 from whyconv.results import (factorial_table, params_ratio, params_to_reach, permutation_table, results_table,
                              skeleton_table, subsets_table, summarize)
 
@@ -263,5 +263,7 @@ def test_diverged_runs_are_named_in_the_report():
     assert "CNN budget 1000 seed 0 (epoch 3)" in note
     assert "CNN budget 1000 seed 1 (epoch 2, then at chance: 10.00% test accuracy)" in note
     results.loc[2, ["status", "diverged_epoch", "test_acc"]] = ["diverged", 2, 0.1]  # the whole cell
-    assert "| n/a (no seed finished)" in budget_table(summarize(results, ["family", "budget"]))
+    summary = summarize(results.assign(forward_flops=1_000), ["family", "budget"])
+    assert "| n/a (no seed finished)" in budget_table(summary)
+    assert "nan" not in compute_section(summary, skeleton_table(results))
     assert diverged_note(study_results({"cnn": [0.8, 0.85, 0.9]})) == "Every run finished with a finite loss."

@@ -370,7 +370,7 @@ def compute_section(summary: pd.DataFrame, skeleton: pd.DataFrame) -> str:
         "family": summary["family"].map(FAMILY_NAMES),
         "parameters": summary["params"].map("{:,}".format),
         "forward MFLOPs per image": (summary["forward_flops"] / 1e6).map("{:.3f}".format),
-        "training images/s": summary["images_per_second"].map("{:,.0f}".format),
+        "training images/s": summary["images_per_second"].map(lambda v: "n/a" if math.isnan(v) else f"{v:,.0f}"),
         "test accuracy %": summary["test_acc_mean"].map(percent),
     }).to_markdown(index=False)
     lines = []
