@@ -713,6 +713,8 @@ def limitations(results: pd.DataFrame, summary: pd.DataFrame, setup: dict) -> st
 - One training recipe ({setup['epochs']} epochs, AdamW at {setup['learning_rate']}, weight decay
   {setup['weight_decay']}, dropout {setup['dropout']}) for every family and size, not tuned per cell: a
   family or size that would gain from other settings is shown as trained, not at its best.
+  `make learning-rate LR=...` retrains the 2x2's families at another learning rate, to see how far
+  the findings depend on it.
 - Accuracy is that of the last epoch (no early stopping on validation)."""
 
 
