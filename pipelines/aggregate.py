@@ -34,14 +34,14 @@ def main() -> None:
         raise stage.StudyError(f"no results for {', '.join(missing)}. Fix: run `dvc repro` (it trains them).")
     meta = json.loads(Path("data/prepared/meta.json").read_text())
     skeleton = skeleton_for(params, meta["image_shape"], len(meta["class_names"]))
-    curves = {(c, seed): read_curves(cell_dir(*c) / f"seed{seed}") for c in cells for seed in params.train.seeds}
-    results = results_table([at_chance_as_diverged(record, curves[c, record["seed"]], skeleton.num_classes)
+    seed_curves = {(c, seed): read_curves(cell_dir(*c) / f"seed{seed}") for c in cells for seed in params.train.seeds}
+    results = results_table([at_chance_as_diverged(record, seed_curves[c, record["seed"]], skeleton.num_classes)
                              for c in cells for record in read_cell(*c)])
     results.insert(results.columns.get_loc("params") + 1, "forward_flops",
                    [forward_flops(f, w, skeleton) for f, w in zip(results["family"], results["width"])])
     summary = summarize(results[results["comparison"] == "budget"], ["family", "budget"])
     curves = pd.concat([curve.assign(comparison=c[0], family=c[1], size=c[2], seed=seed)
-                        for (c, seed), curve in curves.items()])
+                        for (c, seed), curve in seed_curves.items()])
     budget = params.controls.matched_budget
     tables = [("results", results), ("summary", summary), ("skeleton", skeleton_table(results)),
               ("factorial", factorial_table(results, budget)), ("permutation", permutation_table(results, budget)),
