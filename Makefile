@@ -12,15 +12,17 @@ QUICK := -S 'study.budgets.mlp=[10000,25000]' -S 'study.budgets.lcn=[10000,25000
          -S 'controls.subsets.sizes=[1000]' -S controls.subsets.min_steps=200 -S controls.max_shift=2 \
          -S train.epochs=2 -S 'train.seeds=[0]'
 
+# The 2x2's families only: no CNN+GAP, no extra skeleton cells, every control off.
+TWO_BY_TWO_ONLY := -S 'study.budgets.cnn_gap=[]' -S 'study.skeleton_channels=[]' \
+         -S 'controls.permutation.families=[]' -S 'controls.subsets.families=[]' \
+         -S controls.max_shift=0 -S controls.weights=false
+
 # Where each family's curve crosses 89%, settled by more seeds: ten seeds at the budgets around
 # that line, for the MLP, the LCN, the GConv and the CNN (the 2x2's families), no controls.
 CROSSINGS := -S 'train.seeds=[0,1,2,3,4,5,6,7,8,9]' \
          -S 'study.budgets.mlp=[25000,50000,100000,200000,400000]' \
          -S 'study.budgets.lcn=[10000,25000,50000,100000]' -S 'study.budgets.cnn=[4000,10000,25000]' \
-         -S 'study.budgets.gconv=[25000,50000,100000,200000,400000]' \
-         -S 'study.budgets.cnn_gap=[]' -S 'study.skeleton_channels=[]' \
-         -S 'controls.permutation.families=[]' -S 'controls.subsets.families=[]' \
-         -S controls.max_shift=0 -S controls.weights=false
+         -S 'study.budgets.gconv=[25000,50000,100000,200000,400000]' $(TWO_BY_TWO_ONLY)
 
 # The default budgets of the 2x2's families, the GConv on to 400k, at another learning rate (a third
 # of the study's unless LR=... is given): how far the findings depend on the one recipe. No controls.
@@ -28,10 +30,7 @@ LR ?= 0.001
 LEARNING_RATE := -S train.learning_rate=$(LR) \
          -S 'study.budgets.mlp=[4000,10000,25000,100000,400000]' \
          -S 'study.budgets.lcn=[4000,10000,25000,100000,400000]' -S 'study.budgets.cnn=[1000,4000,10000,25000,100000]' \
-         -S 'study.budgets.gconv=[5000,25000,100000,200000,400000]' \
-         -S 'study.budgets.cnn_gap=[]' -S 'study.skeleton_channels=[]' \
-         -S 'controls.permutation.families=[]' -S 'controls.subsets.families=[]' \
-         -S controls.max_shift=0 -S controls.weights=false
+         -S 'study.budgets.gconv=[5000,25000,100000,200000,400000]' $(TWO_BY_TWO_ONLY)
 
 setup:
 	@scripts/setup.sh

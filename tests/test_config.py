@@ -26,8 +26,8 @@ def makefile_overrides(variable: str) -> list[tuple[str, str]]:
     """The `-S key=value` overrides of a variable in the Makefile, as `dvc exp run` receives them."""
     text = re.sub(r"\\\n", " ", open("Makefile").read())  # join continued lines
     line = re.search(rf"^{variable} := (.*)$", text, re.MULTILINE).group(1)
-    # A make variable in it ($(LR)) takes its default (LR ?= 0.001), as a plain `make` gives it.
-    line = re.sub(r"\$\((\w+)\)", lambda m: re.search(rf"^{m[1]} \?= (.*)$", text, re.MULTILINE)[1], line)
+    # A make variable in it ($(LR), $(TWO_BY_TWO_ONLY)) takes its value (LR ?= 0.001 is the default).
+    line = re.sub(r"\$\((\w+)\)", lambda m: re.search(rf"^{m[1]} [?:]= (.*)$", text, re.MULTILINE)[1], line)
     return [tuple(override.split("=", 1)) for override in shlex.split(line) if override != "-S"]
 
 
