@@ -179,11 +179,11 @@ def full_tables() -> dict[str, pd.DataFrame]:
             "shift": shift, "weights": weights}
 
 
-def report_setup(max_shift: int) -> dict:
+def report_setup(max_shift: int, kernel_size: int = 3, depth: int = 2) -> dict:
     """What the report stage passes write_report besides the tables, for a small made-up study."""
     return {"dataset": "d", "sizes": {"train": 10, "val": 2, "test": 3}, "epochs": 2, "batch_size": 8,
             "learning_rate": 0.1, "weight_decay": 0.0, "warmup_epochs": 0, "augment_shift": 0, "seeds": [0, 1, 2],
-            "dropout": 0.3, "model": {"kernel_size": 3, "depth": 2}, "version": "abc123",
+            "dropout": 0.3, "model": {"kernel_size": kernel_size, "depth": depth}, "version": "abc123",
             "params": {"train": {"epochs": 2}, "controls": {"matched_budget": 10_000, "max_shift": max_shift,
                                                             "permutation": {"seed": 0}}}}
 
@@ -209,6 +209,19 @@ def test_report_files_are_self_contained(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert re.search(r"- CNN: \d+\.\d\d \(one seed\) at 100,000 parameters", report)
     assert "Where the seeds place each crossing" not in report  # one seed: no intervals to place it by
+
+
+@pytest.mark.parametrize("kernel_size", [1, 5, 7])
+def test_a_skeleton_with_another_kernel_gets_its_whole_report(tmp_path, kernel_size):
+    kernel = np.random.default_rng(0).normal(size=(kernel_size, kernel_size, 1, 4))
+    skeleton = Skeleton((28, 28, 1), 10, depth=3, kernel_size=kernel_size)
+    first_layer_figure({"cnn": {"Conv_0": {"kernel": kernel}}}, skeleton, tmp_path / "figures/first_layer.png")
+    setup = report_setup(max_shift=2, kernel_size=kernel_size, depth=3) | {"epochs": 1}
+    write_report(full_tables(), setup, tmp_path)
+    assert (tmp_path / "figures/connectivity.png").stat().st_size
+    report = (tmp_path / "report.md").read_text()
+    assert f"a {kernel_size}x{kernel_size} patch" in report and "1 epoch," in report and "1 epochs" not in report
+    assert (tmp_path / "index.html").read_text().count("data:image/png;base64,") == 8
 
 
 def test_a_control_switched_off_gets_its_words_and_no_empty_figure(tmp_path):

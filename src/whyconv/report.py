@@ -390,16 +390,18 @@ def compute_section(summary: pd.DataFrame, skeleton: pd.DataFrame) -> str:
         table + "\n\n" + "\n".join(lines)
 
 
-def connectivity_figure(path: Path, kernel: int = 3, size: int = 8) -> None:
+def connectivity_figure(path: Path, kernel: int = 3) -> None:
     """What two first-layer units see, per family: which pixels, with which weights.
 
-    An illustration on an 8x8 image (weights drawn at random, colour = weight): the MLP's units
+    An illustration on a small image, 8x8 for a 3x3 kernel and larger for a larger one (weights
+    drawn at random, colour = weight): the MLP's units
     see every pixel with weights of their own; the LCN's see a k x k patch with weights of their
     own; the GConv's see every pixel through one shared filter, moved with the unit; the CNN's
     see a k x k patch with the same weights. Blank pixels are not connected.
     """
     rng = np.random.default_rng(0)
-    units = [(1, 1), (4, 5)]  # top-left corner of each unit's patch
+    size = max(8, kernel + 5)
+    units = [(1, 1), (size - kernel - 1, size - kernel)]  # top-left corner of each unit's patch, both inside
     shared = rng.normal(size=(kernel, kernel))
     shared_global = rng.normal(size=(size, size))
     families = ["mlp", "lcn", "gconv", "cnn"]
@@ -710,7 +712,7 @@ def limitations(results: pd.DataFrame, summary: pd.DataFrame, setup: dict) -> st
 - Parameters span {ranges}. Outside these ranges the curves are extrapolation.
 - {seeds} seed{'s' if seeds != 1 else ''} per cell: the intervals cover initialization and data order only, not
   a resampled dataset, and with few seeds they are wide.
-- One training recipe ({setup['epochs']} epochs, AdamW at {setup['learning_rate']}, weight decay
+- One training recipe ({setup['epochs']} epoch{'s' if setup['epochs'] != 1 else ''}, AdamW at {setup['learning_rate']}, weight decay
   {setup['weight_decay']}, dropout {setup['dropout']}) for every family and size, not tuned per cell: a
   family or size that would gain from other settings is shown as trained, not at its best.
   `make learning-rate LR=...` retrains the 2x2's families at another learning rate, to see how far
@@ -818,7 +820,7 @@ fewer training images, and what the first layer learns.
 ## Setup
 
 - Dataset: `{setup['dataset']}` ({setup['sizes']['train']:,} train, {setup['sizes']['val']:,} validation, {setup['sizes']['test']:,} test images)
-- Training: {setup['epochs']} epochs, batch {setup['batch_size']}, AdamW (peak learning rate {setup['learning_rate']}, weight decay {setup['weight_decay']}), warmup then cosine decay, dropout {setup['dropout']} before the classifier; {augment}
+- Training: {setup['epochs']} epoch{'s' if setup['epochs'] != 1 else ''}, batch {setup['batch_size']}, AdamW (peak learning rate {setup['learning_rate']}, weight decay {setup['weight_decay']}), warmup then cosine decay, dropout {setup['dropout']} before the classifier; {augment}
 - Budgets (target parameter counts): {budgets}
 - Seeds: {', '.join(map(str, setup['seeds']))}. Intervals are 95% Student-t intervals over seeds;
   differences between families use Welch intervals.
