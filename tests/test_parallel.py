@@ -150,6 +150,14 @@ def test_sweep_runs_exactly_the_training_stages_and_deals_out_every_core():
         assert set().union(*shares) == os.sched_getaffinity(0)
 
 
+def test_the_sweeps_stages_find_its_own_python_first():
+    import whyconv.sweep as sweep
+
+    # `.venv/bin/python -m whyconv.sweep` with no environment activated: the stages' `python` is this one.
+    assert sweep.path_with_this_python_first({"PATH": "/bin"}) == f"{Path(sys.executable).parent}{os.pathsep}/bin"
+    assert sweep.path_with_this_python_first({}).startswith(f"{Path(sys.executable).parent}{os.pathsep}")
+
+
 def test_sweep_lets_stages_share_a_gpu_and_keeps_a_users_memory_setting(monkeypatch):
     import whyconv.sweep as sweep
 

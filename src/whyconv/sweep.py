@@ -156,6 +156,15 @@ def default_jobs() -> int:
     return len(os.sched_getaffinity(0)) if backend == "cpu" else 1
 
 
+def path_with_this_python_first(environ: Mapping[str, str] = os.environ) -> str:
+    """PATH with this interpreter's folder first, so that the stages' `python` is this one.
+
+    dvc.yaml's commands call `python`: run as `.venv/bin/python -m whyconv.sweep` without the
+    environment activated, they would otherwise find the system's, which has no whyconv.
+    """
+    return os.pathsep.join([str(Path(sys.executable).parent), environ.get("PATH", os.defpath)])
+
+
 def stage_environment(jobs: int, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The environment each stage runs in: with several workers, JAX allocates a GPU's memory as
     it needs it.
@@ -313,6 +322,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                      "set them (git config --global user.name 'Your Name'; git config --global user.email "
                      "you@example.com) and run again; nothing has changed")
         set_params(args.set_param)
+    os.environ["PATH"] = path_with_this_python_first()  # for every dvc below and the stages it runs
     jobs = args.jobs or default_jobs()
     try:
         # What every training stage reads (the prepared data) comes first, once.
