@@ -73,6 +73,8 @@ def test_one_seed_and_one_budget_are_worded_as_such():
     assert "(paired over seeds)." in shift_section(shift, 2)
     one_seed = shift_section(shift[shift["seed"] == 0], 2)
     assert "falls by 20.00 points, interval unknown with one seed." in one_seed and "paired" not in one_seed
+    gains = shift.assign(test_acc=0.8 + 0.01 * shift["shift"] + 0.001 * shift["seed"])  # trained with shifts, say
+    assert "accuracy rises by 2.00 points, 95% CI" in shift_section(gains, 2) and "by -" not in shift_section(gains, 2)
     results, summary = report_inputs({"mlp": [0.80, 0.85, 0.88]})
     setup = {"dataset": "d", "sizes": {"train": 10}, "augment_shift": 0, "seeds": [0], "epochs": 2,
              "learning_rate": 0.1, "weight_decay": 0.0, "dropout": 0.3, "params": {"controls": {"matched_budget": 10_000}}}
@@ -211,16 +213,18 @@ def test_report_files_are_self_contained(tmp_path):
     assert "Where the seeds place each crossing" not in report  # one seed: no intervals to place it by
 
 
-@pytest.mark.parametrize("kernel_size", [1, 5, 7])
-def test_a_skeleton_with_another_kernel_gets_its_whole_report(tmp_path, kernel_size):
+@pytest.mark.parametrize("kernel_size, depth, layers", [(1, 1, "1 layer of c channels"), (5, 3, "3 layers of c, 2c"),
+                                                       (7, 2, "2 layers of c, 2c")])
+def test_a_skeleton_with_another_kernel_or_depth_gets_its_whole_report(tmp_path, kernel_size, depth, layers):
     kernel = np.random.default_rng(0).normal(size=(kernel_size, kernel_size, 1, 4))
-    skeleton = Skeleton((28, 28, 1), 10, depth=3, kernel_size=kernel_size)
+    skeleton = Skeleton((28, 28, 1), 10, depth=depth, kernel_size=kernel_size)
     first_layer_figure({"cnn": {"Conv_0": {"kernel": kernel}}}, skeleton, tmp_path / "figures/first_layer.png")
-    setup = report_setup(max_shift=2, kernel_size=kernel_size, depth=3) | {"epochs": 1}
+    setup = report_setup(max_shift=2, kernel_size=kernel_size, depth=depth) | {"epochs": 1}
     write_report(full_tables(), setup, tmp_path)
     assert (tmp_path / "figures/connectivity.png").stat().st_size
     report = (tmp_path / "report.md").read_text()
-    assert f"a {kernel_size}x{kernel_size} patch" in report and "1 epoch," in report and "1 epochs" not in report
+    assert f"a {kernel_size}x{kernel_size} patch" in report and layers in report
+    assert "1 epoch," in report and "1 epochs" not in report
     assert (tmp_path / "index.html").read_text().count("data:image/png;base64,") == 8
 
 
@@ -278,5 +282,5 @@ def test_diverged_runs_are_named_in_the_report():
     results.loc[2, ["status", "diverged_epoch", "test_acc"]] = ["diverged", 2, 0.1]  # the whole cell
     summary = summarize(results.assign(forward_flops=1_000), ["family", "budget"])
     assert "| n/a (no seed finished)" in budget_table(summary)
-    assert "nan" not in compute_section(summary, skeleton_table(results))
+    assert "nan" not in compute_section(summary, skeleton_table(results), depth=2)
     assert diverged_note(study_results({"cnn": [0.8, 0.85, 0.9]})) == "Every run finished with a finite loss."

@@ -64,11 +64,14 @@ def skeleton_rows(lcn_accs, cnn_accs):
 def test_skeleton_wording_follows_the_data():
     worse = skeleton_rows([0.80, 0.81, 0.80], [0.85, 0.86, 0.85])
     assert worse["param_ratio"] == 10
-    assert "the LCN is less accurate than the CNN" in skeleton_sentence(worse)
+    assert "the LCN is less accurate than the CNN" in skeleton_sentence(worse, depth=2)
     better = skeleton_rows([0.85, 0.86, 0.85], [0.80, 0.81, 0.80])  # the ordering flips: so does the text
-    assert "the LCN is more accurate than the CNN" in skeleton_sentence(better)
+    assert "the LCN is more accurate than the CNN" in skeleton_sentence(better, depth=2)
     tie = skeleton_rows([0.80, 0.86, 0.83], [0.81, 0.85, 0.83])
-    assert "no detectable difference" in skeleton_sentence(tie)
+    assert "no detectable difference" in skeleton_sentence(tie, depth=2)
+    assert skeleton_sentence(tie, depth=2).startswith("- 4/8 channels:")  # each layer's channels, c then 2c
+    assert skeleton_sentence(tie, depth=1).startswith("- 4 channels:")
+    assert skeleton_sentence(tie, depth=3).startswith("- 4/8/16 channels:")
 
 
 def test_difference_interval_matches_welch():

@@ -122,9 +122,14 @@ def budget_table(summary: pd.DataFrame) -> str:
     return table.to_markdown(index=False)
 
 
-def skeleton_markdown(skeleton: pd.DataFrame) -> str:
+def channels_per_layer(channels: int, depth: int) -> str:
+    """Each spatial layer's channels, first to last: "4/8" for 4 first-layer channels at depth 2."""
+    return "/".join(str(channels * 2**layer) for layer in range(depth))
+
+
+def skeleton_markdown(skeleton: pd.DataFrame, depth: int) -> str:
     table = pd.DataFrame({
-        "channels": skeleton["channels"].map(lambda c: f"{c}/{2 * c}"),
+        "channels": skeleton["channels"].map(lambda c: channels_per_layer(c, depth)),
         "LCN parameters": skeleton["lcn_params"].map("{:,}".format),
         "CNN parameters": skeleton["cnn_params"].map("{:,}".format),
         "ratio": skeleton["param_ratio"].map("{:.0f}x".format),
@@ -152,18 +157,18 @@ def points(diff: float, low: float, high: float) -> str:
     return f"{100 * diff:+.2f} points, 95% CI [{100 * low:+.2f}, {100 * high:+.2f}]"
 
 
-def skeleton_sentence(row: pd.Series) -> str:
-    c = int(row["channels"])
+def skeleton_sentence(row: pd.Series, depth: int) -> str:
     diff, low, high = row["lcn_minus_cnn"], row["lcn_minus_cnn_low"], row["lcn_minus_cnn_high"]
-    return (f"- {c}/{2 * c} channels: {verdict(diff, low, high, 'LCN', 'CNN')} "
+    return (f"- {channels_per_layer(int(row['channels']), depth)} channels: {verdict(diff, low, high, 'LCN', 'CNN')} "
             f"({points(diff, low, high)}), with {row['param_ratio']:.0f}x the parameters.")
 
 
-def skeleton_section(skeleton: pd.DataFrame) -> str:
+def skeleton_section(skeleton: pd.DataFrame, depth: int) -> str:
     if skeleton.empty:
         return ("Not run: it needs an LCN and a CNN with the same channels, from study.skeleton_channels "
                 "or from budgets at which both families get the same width.")
-    return skeleton_markdown(skeleton) + "\n\n" + "\n".join(skeleton_sentence(r) for _, r in skeleton.iterrows())
+    return skeleton_markdown(skeleton, depth) + "\n\n" + "\n".join(
+        skeleton_sentence(r, depth) for _, r in skeleton.iterrows())
 
 
 def diverged_note(results: pd.DataFrame) -> str:
@@ -362,7 +367,7 @@ def common_budgets(summary: pd.DataFrame) -> set[int]:
     return set.intersection(*(set(g["budget"]) for _, g in summary.groupby("family", observed=True)))
 
 
-def compute_section(summary: pd.DataFrame, skeleton: pd.DataFrame) -> str:
+def compute_section(summary: pd.DataFrame, skeleton: pd.DataFrame, depth: int) -> str:
     """Parameters against arithmetic and measured speed: sharing saves the one, not the other."""
     if "forward_flops" not in summary:
         return "Not measured in this run."
@@ -384,7 +389,7 @@ def compute_section(summary: pd.DataFrame, skeleton: pd.DataFrame) -> str:
                      f"{mlp['forward_flops'] / 1e6:.2f} MFLOPs): sharing lets a small parameter budget buy "
                      f"a lot of computation.")
     for row in skeleton.itertuples():
-        lines.append(f"- With {row.channels}/{2 * row.channels} channels, LCN and CNN do the same arithmetic; "
+        lines.append(f"- With {channels_per_layer(row.channels, depth)} channels, LCN and CNN do the same arithmetic; "
                      f"the LCN stores {row.param_ratio:.0f}x the parameters.")
     return "Forward FLOPs are analytic (multiply-adds x 2); images/s were measured while training.\n\n" + \
         table + "\n\n" + "\n".join(lines)
@@ -571,10 +576,12 @@ def shift_section(shift: pd.DataFrame, max_shift: int) -> str:
     lines = []
     for family, group in shift.groupby("family", sort=False):
         per_seed = group.pivot(index="seed", columns="shift", values="test_acc")
-        drop = mean_interval((per_seed[0] - per_seed[max_shift]).to_numpy())
-        paired = "" if math.isnan(drop[1]) else " (paired over seeds)"
-        lines.append(f"- {FAMILY_NAMES[family]}: shifted by {max_shift} pixels, accuracy falls by "
-                     f"{points(*drop).replace('+', '')}{paired}.")
+        mean, low, high = mean_interval((per_seed[0] - per_seed[max_shift]).to_numpy())
+        # A model trained with shifts can gain a little on shifted images: said as a rise, not a negative fall.
+        change, size = ("falls", (mean, low, high)) if mean >= 0 else ("rises", (-mean, -high, -low))
+        paired = "" if math.isnan(low) else " (paired over seeds)"
+        lines.append(f"- {FAMILY_NAMES[family]}: shifted by {max_shift} pixels, accuracy {change} by "
+                     f"{points(*size).replace('+', '')}{paired}.")
     return ("Test accuracy % (mean over seeds) with every test image moved by s pixels along both axes "
             "(zero fill; the mean of the four diagonal directions):\n\n"
             + (100 * table).round(2).to_markdown() + "\n\n" + "\n".join(lines))
@@ -683,14 +690,16 @@ def devices_line(results: pd.DataFrame) -> str:
 
 def families_table(setup: dict) -> str:
     k, depth = setup["model"]["kernel_size"], setup["model"]["depth"]
+    hidden = "1 hidden layer" if depth == 1 else f"{depth} hidden layers"
+    layers = "1 layer of c channels" if depth == 1 else f"{depth} layers of c, 2c, ... channels"
     rows = [
-        ("MLP", "no", "no", "every pixel of the image", f"{depth} hidden layers of width h"),
+        ("MLP", "no", "no", "every pixel of the image", f"{hidden} of width h"),
         ("LCN", "yes", "no", f"a {k}x{k} patch at its own position, with weights of its own",
-         f"{depth} layers of c, 2c, ... channels, one filter per position"),
+         f"{layers}, one filter per position"),
         ("GConv", "no", "yes", "the whole image, through one image-sized filter shared by every position "
-         "(circular convolution)", f"{depth} layers of c, 2c, ... channels, one filter per layer"),
+         "(circular convolution)", f"{layers}, one filter per layer"),
         ("CNN", "yes", "yes", f"a {k}x{k} patch, with the same filter at every position",
-         f"{depth} layers of c, 2c, ... channels, one filter per layer"),
+         f"{layers}, one filter per layer"),
         ("CNN+GAP", "yes", "yes", "as the CNN; the classifier sees the channel means over positions",
          "as the CNN (a control for translation)"),
     ]
@@ -867,7 +876,7 @@ What each prior buys at equal parameter counts (test accuracy, first family minu
 LCN and CNN with identical kernels, strides and channels. The LCN has one filter per output
 position, so it has many times the parameters; the accuracy difference is what those buy.
 
-{skeleton_section(skeleton)}
+{skeleton_section(skeleton, setup["model"]["depth"])}
 
 ## Sharing without locality: the 2x2
 
@@ -904,7 +913,7 @@ a global-average-pool head (CNN+GAP).
 
 ## Compute, not only parameters
 
-{compute_section(summary, skeleton)}
+{compute_section(summary, skeleton, setup["model"]["depth"])}
 
 ## Training curves
 
