@@ -222,6 +222,48 @@ def test_an_interrupted_sweep_stops_its_stages_starts_no_more_and_says_so(tmp_pa
     assert "interrupted first" in out and "interrupted second" in out and "FAILED" not in out
 
 
+def test_sweep_starts_the_training_stages_with_the_most_arithmetic_first():
+    from whyconv.capacity import Skeleton, solve_width
+    from whyconv.compute import train_flops
+    from whyconv.config import load_params
+    from whyconv.sweep import start_order
+    from whyconv.workload import stage_work
+
+    params, skeleton = load_params(TESTS.parent / "params.yaml"), Skeleton((28, 28, 1), 10)
+    seeds, batch, min_steps = len(params.train.seeds), params.train.batch_size, params.controls.subsets.min_steps
+
+    def work(args: str) -> float:
+        return stage_work(f"python pipelines/train.py {args}", params, skeleton, train_images=55_000)
+
+    def step_flops(family: str, budget: int) -> int:
+        return train_flops(family, solve_width(family, budget, skeleton, params.study.tolerance).width, skeleton, batch)
+
+    # Training FLOPs: a step's, times the steps (epochs of whole batches; a small subset's at least
+    # min_steps), times the seeds.
+    assert work("cnn --budget 100000") == params.train.epochs * (55_000 // batch) * seeds * step_flops("cnn", 100_000)
+    assert work("gconv --budget 25000 --permuted") == work("gconv --budget 25000")
+    assert work("gconv --subset 1000") == min_steps * seeds * step_flops("gconv", params.controls.matched_budget)
+    assert work("lcn --channels 16") == work("cnn --channels 16") > work("cnn --channels 4")
+    assert stage_work("python pipelines/report.py", params, skeleton, 55_000) is None
+
+    # The probe needs the budget cells only, the tables every cell: the budget cells go first, each
+    # group largest first, the stages without an estimate (started as soon as they are ready) last.
+    estimate = {"train-mlp@4000": work("mlp --budget 4000"), "train-cnn@100000": work("cnn --budget 100000"),
+                "train-gconv@100000": work("gconv --budget 100000"), "subset@gconv-3000": work("gconv --subset 3000"),
+                "subset@gconv-1000": work("gconv --subset 1000")}  # the last two equal: both take min_steps
+    budget_cells = {"train-mlp@4000", "train-gconv@100000", "train-cnn@100000"}
+    upstream = {"probe": budget_cells, "aggregate": budget_cells | {"subset@gconv-3000", "subset@gconv-1000"},
+                "report": {"probe", "aggregate"}}
+    stages = ["train-mlp@4000", "subset@gconv-3000", "train-gconv@100000", "train-cnn@100000", "probe",
+              "subset@gconv-1000", "aggregate", "report"]
+    assert start_order(stages, estimate, upstream) == [
+        "train-cnn@100000", "train-gconv@100000", "train-mlp@4000", "subset@gconv-3000", "subset@gconv-1000",
+        "probe", "aggregate", "report"]
+    assert start_order(stages, estimate, {}) == [  # with nothing after them: largest first
+        "train-cnn@100000", "train-gconv@100000", "subset@gconv-3000", "subset@gconv-1000", "train-mlp@4000",
+        "probe", "aggregate", "report"]
+
+
 def test_sweep_plans_stale_stages_and_their_downstream_from_the_dag():
     from whyconv.sweep import stages_to_run, upstream_stages
 

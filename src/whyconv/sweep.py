@@ -8,7 +8,9 @@ and one cell keeps two cores only partly busy (measured here: two cells at once 
 images per second of one; the small convolutions and the FFT barely use a second thread). So,
 as DVC documents for parallel stage execution, each worker runs `dvc repro --single-item
 <stage>` on its own share of the cores; DVC holds its repository lock only around each stage's
-bookkeeping, and `--wait-for-lock` makes a worker wait for it rather than fail. The stages after
+bookkeeping, and `--wait-for-lock` makes a worker wait for it rather than fail. The training
+stages start largest first (their analytic FLOPs, whyconv.workload), so that the run ends on short
+stages rather than on one long one beside an idle core. The stages after
 training (probe, tables, report) go through the same workers: each starts once every stage it
 depends on (`dvc dag`) is done, ahead of any training stage, so the probe of the budget cells runs
 beside the last control cells rather than after them. A last plain `dvc repro` confirms that all
@@ -36,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import re
 import signal
@@ -97,6 +100,40 @@ def plan() -> tuple[list[str], dict[str, set[str]]]:
     stale = set(json.loads(run_captured(dvc("status", "--json")) or "{}"))
     upstream = upstream_stages(run_captured(dvc("dag", "--dot")))
     return [s for s in stages_to_run(listed, stale, upstream) if s != UPSTREAM], upstream
+
+
+def training_work() -> dict[str, float]:
+    """Each training stage's estimated FLOPs (whyconv.workload).
+
+    Asked of a child process, as JAX is: the estimate solves widths through the models' code.
+    """
+    return json.loads(run_captured([sys.executable, "-m", "whyconv.workload"]))
+
+
+def start_order(stages: Sequence[str], work: Mapping[str, float], upstream: Mapping[str, set[str]]) -> list[str]:
+    """The order to start `stages` in: the training stages (those with an estimated `work`) that
+    the earliest later stage waits for first (the probe needs only the budget cells, the tables
+    every cell), the most work first among those; the other stages, which run_parallel starts as
+    soon as they are ready, keep their order at the end.
+
+    Largest first, the run ends on short stages rather than on a long one beside an idle core;
+    and the probe can still run beside the control cells.
+    """
+    def trained_before(stage: str) -> set[str]:
+        seen, todo = set(), [stage]
+        while todo:
+            for before in upstream.get(todo.pop(), set()) - seen:
+                seen.add(before)
+                todo.append(before)
+        return seen & work.keys() & set(stages)
+
+    waits = [trained_before(stage) for stage in stages if stage not in work]
+
+    def priority(stage: str) -> tuple[float, float]:
+        first_needed_by = min((len(needs) for needs in waits if stage in needs), default=math.inf)
+        return first_needed_by, -work.get(stage, 0.0)
+
+    return sorted(stages, key=priority)
 
 
 def set_params(overrides: Sequence[str], params: Path = PARAMS) -> None:
@@ -329,6 +366,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if subprocess.run(dvc("repro", UPSTREAM)).returncode:
             sys.exit(1)
         stages, upstream = plan()
+        stages = start_order(stages, training_work(), upstream)
         training = training_stages()
         trains = sum(s.split("@")[0] in training for s in stages)
         print(f"{len(stages)} stages to run ({trains} training stages), {jobs} at a time", flush=True)
