@@ -140,10 +140,15 @@ def test_the_cuda_extra_installs_the_jax_that_training_runs_on():
 
 
 def test_sweep_runs_exactly_the_training_stages_and_deals_out_every_core():
-    from whyconv.sweep import core_shares, training_stages
+    from whyconv.capacity import Skeleton
+    from whyconv.config import load_params
+    from whyconv.sweep import core_shares
+    from whyconv.workload import training_work
 
-    assert training_stages(TESTS.parent / "dvc.yaml") == [
-        "train-mlp", "train-lcn", "train-gconv", "train-cnn", "train-cnn_gap", "skeleton", "permuted", "subset"]
+    work = training_work(load_params(TESTS.parent / "params.yaml"), Skeleton((28, 28, 1), 10), 55_000, TESTS.parent)
+    assert {stage.split("@")[0] for stage in work} == {
+        "train-mlp", "train-lcn", "train-gconv", "train-cnn", "train-cnn_gap", "skeleton", "permuted", "subset"}
+    assert all(flops > 0 for flops in work.values())
     for jobs in (1, 2, 3):
         shares = core_shares(jobs)
         assert len(shares) == jobs and all(shares)
@@ -286,12 +291,12 @@ def test_sweep_starts_a_stage_after_its_upstream_and_ahead_of_training(tmp_path,
         "sh", "-c", f"echo start {args[-1]} >> {order}; sleep 0.2; echo end {args[-1]} >> {order}"])
     upstream = {"probe": {"train@a"}, "report": {"probe", "train@b", "train@c"}}
     stages = ["train@a", "train@b", "train@c", "probe", "report"]
-    assert sweep.run_parallel(stages, jobs=1, logs=tmp_path / "logs", upstream=upstream, training=["train"]) == []
+    assert sweep.run_parallel(stages, jobs=1, logs=tmp_path / "logs", upstream=upstream, training=["train@a", "train@b", "train@c"]) == []
     starts = [line.split()[1] for line in order.read_text().splitlines() if line.startswith("start")]
     assert starts == ["train@a", "probe", "train@b", "train@c", "report"]
 
     order.unlink()
-    assert sweep.run_parallel(stages, jobs=2, logs=tmp_path / "logs", upstream=upstream, training=["train"]) == []
+    assert sweep.run_parallel(stages, jobs=2, logs=tmp_path / "logs", upstream=upstream, training=["train@a", "train@b", "train@c"]) == []
     events = order.read_text().splitlines()
     for stage, before in upstream.items():
         assert all(events.index(f"end {b}") < events.index(f"start {stage}") for b in before)

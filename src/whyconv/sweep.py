@@ -47,16 +47,14 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import psutil
-import yaml
 
 LOGS = Path("logs")
 PARAMS = Path("params.yaml")
 CHECK_PARAMS = "import sys; from whyconv import config, stage; stage.run(lambda: config.load_params(sys.argv[1]))"
-TRAINING_SCRIPT = "pipelines/train.py"
 UPSTREAM = "prepare"  # the one stage the training stages depend on
 STOP_GRACE_SECONDS = 10.0  # after Ctrl-C, how long the running stages get to stop by themselves
 INTERRUPTED = 130  # the exit status of a program stopped by Ctrl-C (128 + SIGINT)
@@ -66,12 +64,6 @@ JAX_MEMORY_VARIABLES = ("XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_
 
 def dvc(*args: str) -> list[str]:
     return [sys.executable, "-m", "dvc", *args]
-
-
-def training_stages(dvc_yaml: Path = Path("dvc.yaml")) -> list[str]:
-    """The stage groups of dvc.yaml that train a cell (their command runs pipelines/train.py)."""
-    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
-    return [name for name, stage in stages.items() if TRAINING_SCRIPT in stage["cmd"]]
 
 
 def upstream_stages(dag_dot: str) -> dict[str, set[str]]:
@@ -217,11 +209,11 @@ def stage_environment(jobs: int, environ: Mapping[str, str] = os.environ) -> dic
 
 
 def run_parallel(stages: Sequence[str], jobs: int, logs: Path = LOGS,
-                 upstream: Mapping[str, set[str]] | None = None, training: Sequence[str] = ()) -> list[str]:
+                 upstream: Mapping[str, set[str]] | None = None, training: Collection[str] = ()) -> list[str]:
     """Run each stage in its own `dvc repro`, `jobs` at a time: the stages that failed.
 
     A stage starts once none of its `upstream` stages is still to run; of the stages ready, the
-    first in `stages` that is not a `training` group goes first, then the first training stage.
+    first in `stages` that is not a `training` stage goes first, then the first training stage.
     On KeyboardInterrupt it starts nothing new, waits for the running stages to stop (after a
     grace period, interrupting them itself), and raises it again.
     """
@@ -230,7 +222,7 @@ def run_parallel(stages: Sequence[str], jobs: int, logs: Path = LOGS,
     free_cores = list(core_shares(jobs))
     env = stage_environment(jobs)
     ready_or_done = threading.Condition()
-    pending = sorted(stages, key=lambda s: s.split("@")[0] in training)  # stable: keeps the order
+    pending = sorted(stages, key=lambda s: s in training)  # stable: keeps the order
     running: dict[str, subprocess.Popen] = {}
     failed: list[str] = []
     interrupted = False
@@ -366,11 +358,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         if subprocess.run(dvc("repro", UPSTREAM)).returncode:
             sys.exit(1)
         stages, upstream = plan()
-        stages = start_order(stages, training_work(), upstream)
-        training = training_stages()
-        trains = sum(s.split("@")[0] in training for s in stages)
+        work = training_work()
+        stages = start_order(stages, work, upstream)
+        trains = sum(s in work for s in stages)
         print(f"{len(stages)} stages to run ({trains} training stages), {jobs} at a time", flush=True)
-        failed = run_parallel(stages, jobs, upstream=upstream, training=training)
+        failed = run_parallel(stages, jobs, upstream=upstream, training=work.keys())
         if failed:
             sys.exit(f"error: {len(failed)} stage(s) failed: {', '.join(failed)}; see logs/ for each")
         if code := subprocess.run(dvc("repro")).returncode:

@@ -1,7 +1,7 @@
 """How much arithmetic each training stage does, so that the sweep can start the largest first.
 
 Workers that take the training stages in dvc.yaml's order leave a core idle at the end when a long
-cell is listed late: in `make crossings` the GConv at 400k, 31% of all the training, comes after
+cell is listed late: in `make crossings` the GConv at 400k, a third of all the training, comes after
 every MLP and LCN cell. Started largest first, the stages that finish last are short ones.
 
 The estimate is analytic, known before anything trains: a training step's FLOPs
@@ -49,15 +49,20 @@ def stage_work(cmd: str, params: Params, skeleton: Skeleton, train_images: int) 
     return float(steps * len(train.seeds) * train_flops(family, width, skeleton, batch))
 
 
-def main() -> None:
+def training_work(params: Params, skeleton: Skeleton, train_images: int, repo: Path = Path(".")) -> dict[str, float]:
+    """{stage: training FLOPs} for every stage of the repository's dvc.yaml that trains a cell."""
     from dvc.repo import Repo
 
-    params = load_params()
+    work = {stage.addressing: stage_work(stage.cmd, params, skeleton, train_images)
+            for stage in Repo(str(repo)).index.stages}
+    return {stage: flops for stage, flops in work.items() if flops is not None}
+
+
+def main() -> None:
     meta = json.loads((PREPARED / "meta.json").read_text())
+    params = load_params()
     skeleton = skeleton_for(params, meta["image_shape"], len(meta["class_names"]))
-    work = {stage.addressing: stage_work(stage.cmd, params, skeleton, meta["sizes"]["train"])
-            for stage in Repo().index.stages}
-    print(json.dumps({stage: flops for stage, flops in work.items() if flops is not None}))
+    print(json.dumps(training_work(params, skeleton, meta["sizes"]["train"])))
 
 
 if __name__ == "__main__":
