@@ -190,6 +190,18 @@ def test_sweep_stages_run_in_the_shared_gpu_environment(tmp_path, monkeypatch):
     assert seen.read_text().split() == ["a", "unset"]
 
 
+def test_the_last_check_leaves_out_only_the_skipped_stages_lines(monkeypatch, capsys):
+    import whyconv.sweep as sweep
+
+    # As DVC would print it when the last stage turned out stale and failed.
+    printed = ["Stage 'train-mlp@4000' didn't change, skipping", "Running stage 'report':",
+               "progress 50%\rprogress 100%", "Stage 'aggregate' didn't change, skipping"]
+    script = f"print({chr(10).join(printed)!r}); raise SystemExit(3)"
+    monkeypatch.setattr(sweep, "dvc", lambda *args: [sys.executable, "-c", script])
+    assert sweep.confirm_up_to_date() == 3
+    assert capsys.readouterr().out == "Running stage 'report':\nprogress 50%\rprogress 100%\n"
+
+
 def test_sweep_stops_starting_stages_after_a_failure(tmp_path, monkeypatch, capsys):
     from whyconv.sweep import run_parallel
 

@@ -66,6 +66,8 @@ def study(tmp_path_factory) -> Path:
     run(["git", "commit", "-qm", "tiny study"], repo)
     out = run([sys.executable, "-m", "whyconv.sweep", "--jobs", "2"], repo)
     assert "training stages), 2 at a time" in out and "FAILED" not in out
+    # The last check that all is up to date says so once, not once per stage, and names the report.
+    assert "didn't change" not in out and "the report: reports/report.md" in out
     return repo
 
 

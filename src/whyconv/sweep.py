@@ -14,7 +14,7 @@ stages rather than on one long one beside an idle core. The stages after
 training (probe, tables, report) go through the same workers: each starts once every stage it
 depends on (`dvc dag`) is done, ahead of any training stage, so the probe of the budget cells runs
 beside the last control cells rather than after them. A last plain `dvc repro` confirms that all
-is up to date.
+is up to date, and the run ends naming the report.
 
     python -m whyconv.sweep -S train.epochs=2   # a variant, saved as a DVC experiment
 
@@ -60,6 +60,8 @@ STOP_GRACE_SECONDS = 10.0  # after Ctrl-C, how long the running stages get to st
 INTERRUPTED = 130  # the exit status of a program stopped by Ctrl-C (128 + SIGINT)
 JAX_MEMORY_VARIABLES = ("XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION",
                         "XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_ALLOCATOR")
+UNCHANGED = re.compile(rb"^Stage '[^']+' didn't change, skipping$")  # DVC's line for a stage it skips
+REPORT = "reports/report.md (one page with every figure: reports/index.html)"
 
 
 def dvc(*args: str) -> list[str]:
@@ -167,6 +169,18 @@ def run_captured(cmd: list[str]) -> str:
     if done.returncode:
         sys.exit(f"error: {' '.join(cmd[1:])} failed:\n{done.stderr.strip()}")
     return done.stdout
+
+
+def confirm_up_to_date() -> int:
+    """A last plain `dvc repro`, its exit status: it runs whatever is still stale, and otherwise
+    says so in one line rather than DVC's one line per skipped stage (a screenful for a study,
+    which would scroll the run's own lines away)."""
+    with subprocess.Popen(dvc("repro"), stdout=subprocess.PIPE) as child:
+        for line in child.stdout:  # bytes: a stage's progress bars keep their carriage returns
+            if not UNCHANGED.match(line.rstrip(b"\r\n")):
+                sys.stdout.buffer.write(line)
+                sys.stdout.buffer.flush()
+    return child.returncode
 
 
 def core_shares(jobs: int) -> list[set[int]]:
@@ -365,8 +379,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         failed = run_parallel(stages, jobs, upstream=upstream, training=work.keys())
         if failed:
             sys.exit(f"error: {len(failed)} stage(s) failed: {', '.join(failed)}; see logs/ for each")
-        if code := subprocess.run(dvc("repro")).returncode:
+        if code := confirm_up_to_date():
             sys.exit(code)
+        print(f"the report: {REPORT}", flush=True)
         if args.set_param:
             sys.exit(subprocess.run(dvc("exp", "save")).returncode)
     except KeyboardInterrupt:
