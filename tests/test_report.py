@@ -213,8 +213,10 @@ def test_report_files_are_self_contained(tmp_path):
     assert "Where the seeds place each crossing" not in report  # one seed: no intervals to place it by
 
 
-@pytest.mark.parametrize("kernel_size, depth, layers", [(1, 1, "1 layer of c channels"), (5, 3, "3 layers of c, 2c"),
-                                                       (7, 2, "2 layers of c, 2c")])
+@pytest.mark.parametrize("kernel_size, depth, layers", [(1, 1, "1 layer of c channels"),
+                                                       (5, 3, "3 layers of c, 2c and 4c channels"),
+                                                       (7, 2, "2 layers of c and 2c channels"),
+                                                       (3, 4, "4 layers of c, 2c, ..., 8c channels")])
 def test_a_skeleton_with_another_kernel_or_depth_gets_its_whole_report(tmp_path, kernel_size, depth, layers):
     kernel = np.random.default_rng(0).normal(size=(kernel_size, kernel_size, 1, 4))
     skeleton = Skeleton((28, 28, 1), 10, depth=depth, kernel_size=kernel_size)

@@ -122,6 +122,17 @@ def budget_table(summary: pd.DataFrame) -> str:
     return table.to_markdown(index=False)
 
 
+def channel_multiples(depth: int) -> str:
+    """Each spatial layer's channels as multiples of c: "c", "c and 2c", "c, 2c and 4c", then
+    "c, 2c, ..., 8c" from four layers on."""
+    multiples = ["c", *(f"{2**layer}c" for layer in range(1, depth))]
+    if depth == 1:
+        return "c"
+    if depth <= 3:
+        return f"{', '.join(multiples[:-1])} and {multiples[-1]}"
+    return f"c, 2c, ..., {multiples[-1]}"
+
+
 def channels_per_layer(channels: int, depth: int) -> str:
     """Each spatial layer's channels, first to last: "4/8" for 4 first-layer channels at depth 2."""
     return "/".join(str(channels * 2**layer) for layer in range(depth))
@@ -691,7 +702,7 @@ def devices_line(results: pd.DataFrame) -> str:
 def families_table(setup: dict) -> str:
     k, depth = setup["model"]["kernel_size"], setup["model"]["depth"]
     hidden = "1 hidden layer" if depth == 1 else f"{depth} hidden layers"
-    layers = "1 layer of c channels" if depth == 1 else f"{depth} layers of c, 2c, ... channels"
+    layers = f"{depth} layer{'s' if depth > 1 else ''} of {channel_multiples(depth)} channels"
     rows = [
         ("MLP", "no", "no", "every pixel of the image", f"{hidden} of width h"),
         ("LCN", "yes", "no", f"a {k}x{k} patch at its own position, with weights of its own",
