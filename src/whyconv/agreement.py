@@ -110,14 +110,16 @@ def summary(first: pd.DataFrame, second: pd.DataFrame, cells: int = 5) -> str:
     return "\n".join(lines)
 
 
-def findings(results: pd.DataFrame, levels: list[float], reference: str = "cnn") -> dict[str, str]:
+def findings(results: pd.DataFrame, levels: list[float], budget: int | None = None,
+             reference: str = "cnn") -> dict[str, str]:
     """The study's findings in one run, each worded with its 95% interval over seeds: the 2x2 and
-    the permuted-pixel drops at the matched budget (the permuted cells' budget), and how many times
-    `reference`'s parameters each family needs to reach each of `levels`."""
+    the permuted-pixel drops at `budget` (by default the matched budget, the permuted cells'), and
+    how many times `reference`'s parameters each family needs to reach each of `levels`."""
     found = {}
     permuted = results.loc[results["comparison"] == "permuted", "budget"].dropna()
-    if len(permuted):
+    if budget is None and len(permuted):
         budget = int(permuted.iloc[0])
+    if budget is not None:
         for row in factorial_table(results, budget).query("kind == 'effect'").itertuples():
             found[f"2x2 at {budget:,} parameters: {row.term}"] = points(row.estimate, row.low, row.high)
         for row in permutation_table(results, budget).itertuples():

@@ -1,0 +1,161 @@
+"""Each family at its own best recipe: the study's findings with every cell tuned on validation.
+
+The study trains every family and size one way, tuned for none, and the families want different
+learning rates (README, **How far the findings depend on the recipe**). Given runs of the study at
+several recipes, this picks for each cell (family and budget) the recipe whose seeds reach the
+highest mean validation accuracy, and states the findings again with every cell at its pick:
+
+    python -m whyconv.tuned 0.001=reports/learning-rate/0.001/results.csv \\
+        0.003=reports/results.csv 0.01=reports/learning-rate/0.01/results.csv
+
+Each argument is LABEL=RESULTS: a name for the recipe and the results.csv of a run with it.
+The choice reads validation accuracy only, so the test accuracies reported for it are not the ones
+it was chosen by. A recipe counts for a cell only where every one of its seeds trained to the end:
+one that diverges is not a recipe for that cell. A grid of a few recipes is a coarse tuning; the
+picks say where the grid's edge was the best.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from whyconv.agreement import NOT_REACHED, AgreementError, findings, read_results
+from whyconv.report import FAMILY_NAMES, interval, reach_levels
+from whyconv.results import FAMILY_ORDER, mean_interval
+
+CELL = ["family", "budget"]
+TUNED = "each cell at its pick"
+
+
+def budget_runs(runs: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The budget cells of every run, one row per model, with its run's `recipe` label."""
+    for label, frame in runs.items():
+        if "val_acc" not in frame:
+            raise AgreementError(f"run {label!r} has no val_acc column, which the choice reads. Fix: give a "
+                                 "study's results.csv (reports/results.csv, written by the aggregate stage).")
+    frames = [frame[frame["comparison"] == "budget"].assign(recipe=label) for label, frame in runs.items()]
+    combined = pd.concat(frames, ignore_index=True)
+    if combined.empty:
+        raise AgreementError("no run has a budget cell. Fix: give the results.csv of runs of the study.")
+    combined["budget"] = combined["budget"].astype(int)
+    return combined
+
+
+def recipe_scores(models: pd.DataFrame) -> pd.DataFrame:
+    """Per cell and recipe: whether every seed trained to the end, and their mean validation accuracy."""
+    return models.groupby([*CELL, "recipe"], sort=False).agg(
+        finished=("status", lambda status: bool((status == "ok").all())), val_acc=("val_acc", "mean")).reset_index()
+
+
+def best_recipes(models: pd.DataFrame) -> pd.DataFrame:
+    """Per cell: the recipe with the highest mean validation accuracy among those whose seeds all
+    finished (the first given, on a tie), and the recipes it was chosen from."""
+    scores = recipe_scores(models)
+    rows = []
+    for (family, budget), cell in scores.groupby(CELL, sort=False):
+        finished = cell[cell["finished"]]
+        rows.append({"family": family, "budget": budget,
+                     "recipe": finished.loc[finished["val_acc"].idxmax(), "recipe"] if len(finished) else None,
+                     "compared": ", ".join(finished["recipe"]),
+                     "not_finished": ", ".join(cell.loc[~cell["finished"], "recipe"])})
+    return pd.DataFrame(rows)
+
+
+def tuned_runs(models: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
+    """The models of each cell's chosen recipe: a results table as one run of the study would give."""
+    chosen = best.dropna(subset=["recipe"])[[*CELL, "recipe"]]
+    return models.merge(chosen, on=[*CELL, "recipe"])
+
+
+def cells_table(models: pd.DataFrame, best: pd.DataFrame, reference: str | None) -> str:
+    """Each cell's pick, its validation and test accuracy, and its test accuracy at `reference`."""
+    rows = []
+    order = {family: k for k, family in enumerate(FAMILY_ORDER)}
+    for pick in sorted(best.itertuples(), key=lambda r: (order.get(r.family, len(order)), r.budget)):
+        row = {"family": FAMILY_NAMES.get(pick.family, pick.family), "budget": f"{pick.budget:,}",
+               "recipes compared": pick.compared + (f" ({pick.not_finished} diverged)" if pick.not_finished else "")}
+        cell = models[(models["family"] == pick.family) & (models["budget"] == pick.budget)]
+        chosen = cell[cell["recipe"] == pick.recipe]
+        row |= {"chosen": pick.recipe or "none finished",
+                "val %": f"{100 * chosen['val_acc'].mean():.2f}" if len(chosen) else "",
+                "test % [95% CI]": interval(*mean_interval(chosen["test_acc"].to_numpy())) if len(chosen) else ""}
+        if reference is not None:
+            at_reference = cell[(cell["recipe"] == reference) & (cell["status"] == "ok")]["test_acc"].to_numpy()
+            row[f"test % at {reference}"] = interval(*mean_interval(at_reference)) if len(at_reference) else ""
+        rows.append(row)
+    return pd.DataFrame(rows).to_markdown(index=False)
+
+
+def findings_by_recipe(runs: dict[str, pd.DataFrame], tuned: pd.DataFrame, budget: int) -> str:
+    """The 2x2 at `budget` and the parameter ratios, at each recipe alone and with each cell at its
+    pick, at the accuracies the tuned cells reach."""
+    means = tuned[tuned["status"] == "ok"].groupby(CELL, as_index=False)["test_acc"].mean()
+    levels = reach_levels(means.rename(columns={"test_acc": "test_acc_mean"}))
+    found = {label: findings(frame, levels, budget) for label, frame in runs.items()}
+    found[TUNED] = findings(tuned, levels, budget)
+    # The tuned cells' findings (not the controls of a run that has them), where some run has one.
+    rows = [{"finding": name, **{label: run.get(name, "") for label, run in found.items()}} for name in found[TUNED]
+            if any(run.get(name, NOT_REACHED) != NOT_REACHED for run in found.values())]
+    return pd.DataFrame(rows).to_markdown(index=False)
+
+
+def summary(runs: dict[str, pd.DataFrame], budget: int, reference: str | None = None) -> str:
+    """The tuning as markdown: each cell's pick, then the findings at each recipe and tuned."""
+    models = budget_runs(runs)
+    best = best_recipes(models)
+    tuned = tuned_runs(models, best)
+    return "\n".join([
+        "Each cell at the recipe with the highest mean validation accuracy over its seeds (a recipe "
+        "counts only where every seed trained to the end):", "",
+        cells_table(models, best, reference), "",
+        f"The findings at each recipe alone and with each cell at its pick (the 2x2 at {budget:,} "
+        "parameters; 95% intervals over seeds):", "",
+        findings_by_recipe(runs, tuned, budget)])
+
+
+def labelled_path(text: str) -> tuple[str, Path]:
+    label, separator, path = text.partition("=")
+    if not separator or not label or not path:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LABEL=RESULTS (e.g. 0.001=reports/learning-rate/0.001/results.csv)")
+    return label, Path(path)
+
+
+def matched_budget(params: Path = Path("params.yaml")) -> int:
+    """The study's matched budget (controls.matched_budget), the 2x2's budget by default."""
+    return int(yaml.safe_load(params.read_text())["controls"]["matched_budget"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=labelled_path, metavar="LABEL=RESULTS",
+                        help="a recipe's name and the results.csv of a run with it; two or more")
+    parser.add_argument("--budget", type=int, default=None,
+                        help="the 2x2's budget (default: controls.matched_budget in params.yaml)")
+    parser.add_argument("--reference", default=None,
+                        help="a label whose test accuracy each cell shows beside its pick (say, the study's)")
+    args = parser.parse_args(argv)
+    labels = [label for label, _ in args.runs]
+    if len(set(labels)) != len(labels) or len(labels) < 2:
+        parser.error(f"give two or more runs, each with its own label (got {', '.join(labels)})")
+    if args.reference is not None and args.reference not in labels:
+        parser.error(f"--reference {args.reference!r} is none of the labels ({', '.join(labels)})")
+    if args.budget is None:
+        try:
+            args.budget = matched_budget()
+        except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as err:
+            parser.error(f"no matched budget in params.yaml here ({err}): give the 2x2's budget with --budget")
+    try:
+        runs = {label: read_results(path) for label, path in args.runs}
+        print(summary(runs, args.budget, args.reference))
+    except AgreementError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

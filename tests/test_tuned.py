@@ -1,0 +1,78 @@
+"""Each cell at its best recipe, chosen on validation (whyconv.tuned)."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from whyconv import tuned
+from whyconv.results import factorial_table
+
+BUDGET = 25000
+
+
+def run(cells: dict[tuple[str, int], list[tuple[float, float]]]) -> pd.DataFrame:
+    """A results table: (family, budget) -> (validation, test) accuracy per seed; nan is a diverged seed."""
+    return pd.DataFrame([
+        {"dataset": "fashion_mnist", "comparison": "budget", "family": family, "budget": budget, "width": 1,
+         "params": budget, "train_size": 55000, "seed": seed, "status": "diverged" if math.isnan(val) else "ok",
+         "val_acc": val, "test_acc": test}
+        for (family, budget), seeds in cells.items() for seed, (val, test) in enumerate(seeds)])
+
+
+def four_families(accuracy: dict[str, float]) -> dict[tuple[str, int], list[tuple[float, float]]]:
+    """The 2x2 at BUDGET, two seeds each, validation = test + 0.01, seeds 0.002 apart."""
+    return {(family, BUDGET): [(acc + 0.01 - 0.001, acc - 0.001), (acc + 0.01 + 0.001, acc + 0.001)]
+            for family, acc in accuracy.items()}
+
+
+def test_the_pick_is_read_from_validation_not_test():
+    slow = run({("cnn", BUDGET): [(0.92, 0.89), (0.92, 0.89)]})  # the better validation, the worse test
+    fast = run({("cnn", BUDGET): [(0.91, 0.93), (0.91, 0.93)]})
+    best = tuned.best_recipes(tuned.budget_runs({"slow": slow, "fast": fast}))
+    assert best.to_dict("records") == [{"family": "cnn", "budget": BUDGET, "recipe": "slow", "compared": "slow, fast",
+                                        "not_finished": ""}]
+
+
+def test_a_recipe_with_a_diverged_seed_is_not_a_pick_and_a_tie_goes_to_the_first_given():
+    steady = run({("gconv", BUDGET): [(0.88, 0.88), (0.88, 0.88)], ("mlp", BUDGET): [(0.87, 0.86)] * 2})
+    bold = run({("gconv", BUDGET): [(0.95, 0.95), (math.nan, math.nan)], ("mlp", BUDGET): [(0.87, 0.88)] * 2})
+    best = tuned.best_recipes(tuned.budget_runs({"steady": steady, "bold": bold})).set_index("family")
+    assert best.loc["gconv", ["recipe", "compared", "not_finished"]].tolist() == ["steady", "steady", "bold"]
+    assert best.loc["mlp", "recipe"] == "steady"
+    table = tuned.cells_table(tuned.budget_runs({"steady": steady, "bold": bold}), best.reset_index(), "bold")
+    assert "steady (bold diverged)" in table
+
+
+def test_the_tuned_2x2_is_the_2x2_of_each_cells_pick():
+    low = {"mlp": 0.86, "lcn": 0.87, "gconv": 0.88, "cnn": 0.90}
+    high = {"mlp": 0.85, "lcn": 0.89, "gconv": 0.87, "cnn": 0.91}
+    runs = {"low": run(four_families(low)), "high": run(four_families(high))}
+    models = tuned.budget_runs(runs)
+    picked = tuned.tuned_runs(models, tuned.best_recipes(models))
+    assert picked.groupby("family")["recipe"].first().to_dict() == {"mlp": "low", "lcn": "high", "gconv": "low",
+                                                                    "cnn": "high"}
+    effects = factorial_table(picked, BUDGET).set_index("term")["estimate"]
+    # Locality: (LCN + CNN - MLP - GConv) / 2 at each family's better rate.
+    assert effects["locality"] == pytest.approx((0.89 + 0.91 - 0.86 - 0.88) / 2)
+    assert effects["interaction"] == pytest.approx((0.91 - 0.88) - (0.89 - 0.86))
+    text = tuned.summary(runs, BUDGET, reference="low")
+    assert "| 2x2 at 25,000 parameters: locality" in text and "each cell at its pick" in text
+    assert f"+{100 * effects['locality']:.2f} points" in text
+
+
+def test_bad_arguments_get_one_message(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        tuned.main(["0.001", "b=x.csv"])
+    assert "is not LABEL=RESULTS" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tuned.main(["a=x.csv", "a=y.csv"])
+    assert "each with its own label" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        tuned.main(["a=missing.csv", f"b={tmp_path / 'missing.csv'}", "--budget", "25000"])
+    assert stopped.value.code == 2 and "cannot read missing.csv" in capsys.readouterr().err
+    no_validation = tmp_path / "old.csv"
+    run({("cnn", BUDGET): [(0.9, 0.9)]}).drop(columns="val_acc").to_csv(no_validation, index=False)
+    with pytest.raises(SystemExit):
+        tuned.main([f"a={no_validation}", f"b={no_validation}", "--budget", "25000"])
+    assert "run 'a' has no val_acc column" in capsys.readouterr().err
