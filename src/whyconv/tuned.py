@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"no matched budget in params.yaml here ({err}): give the 2x2's budget with --budget")
     try:
         runs = {label: read_results(path) for label, path in args.runs}
+        print(f"The runs, one per recipe: {'; '.join(f'{label}: `{path}`' for label, path in args.runs)}.\n")
         print(summary(runs, args.budget, args.reference))
     except AgreementError as err:
         print(f"error: {err}", file=sys.stderr)
