@@ -31,10 +31,10 @@ def makefile_overrides(variable: str) -> list[tuple[str, str]]:
     return [tuple(override.split("=", 1)) for override in shlex.split(line) if override != "-S"]
 
 
-@pytest.mark.parametrize("variable", ["QUICK", "CROSSINGS", "LEARNING_RATE"])
+@pytest.mark.parametrize("variable", ["QUICK", "CROSSINGS", "LEARNING_RATE", "TWO_BY_TWO"])
 def test_the_makefiles_experiments_are_valid_params(variable):
-    """`make quick`, `make crossings` and `make learning-rate` must not fail on their own params, however
-    params.yaml moves."""
+    """`make quick`, `make crossings`, `make learning-rate` and `make two-by-two` must not fail on their
+    own params, however params.yaml moves."""
     raw = DEFAULT
     for path, value in makefile_overrides(variable):
         raw = with_change(path, yaml.safe_load(value), raw)
@@ -42,9 +42,11 @@ def test_the_makefiles_experiments_are_valid_params(variable):
     assert params != parse(DEFAULT)
     if variable == "CROSSINGS":
         assert len(params.train.seeds) == 10 and {f for f, _ in params.cells()} == {"mlp", "lcn", "gconv", "cnn"}
-    if variable == "LEARNING_RATE":
+    if variable in ("LEARNING_RATE", "TWO_BY_TWO"):
         assert params.train.learning_rate != parse(DEFAULT).train.learning_rate
         assert {f for f, _ in params.cells()} == {"mlp", "lcn", "gconv", "cnn"}
+    if variable == "TWO_BY_TWO":
+        assert len(params.train.seeds) == 10 and {b for _, b in params.cells()} == {params.controls.matched_budget}
 
 
 def test_default_params_are_valid():
