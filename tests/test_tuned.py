@@ -61,6 +61,16 @@ def test_the_tuned_2x2_is_the_2x2_of_each_cells_pick():
     assert f"+{100 * effects['locality']:.2f} points" in text
 
 
+def test_a_cell_trained_at_one_recipe_only_is_left_out_and_named():
+    first = run({("cnn", BUDGET): [(0.91, 0.91)] * 2, ("cnn", 4000): [(0.88, 0.88)] * 2})
+    second = run({("cnn", BUDGET): [(0.92, 0.92)] * 2})
+    models, left_out = tuned.with_a_choice(tuned.budget_runs({"a": first, "b": second}))
+    assert set(models["budget"]) == {BUDGET} and left_out == ["CNN at 4,000"]
+    assert "Left out, trained at one recipe only: CNN at 4,000." in tuned.summary({"a": first, "b": second}, BUDGET)
+    with pytest.raises(tuned.AgreementError, match="nothing to choose between"):
+        tuned.summary({"a": first, "b": run({("mlp", BUDGET): [(0.9, 0.9)]})}, BUDGET)
+
+
 def test_bad_arguments_get_one_message(tmp_path, capsys):
     with pytest.raises(SystemExit):
         tuned.main(["0.001", "b=x.csv"])

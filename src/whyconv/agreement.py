@@ -29,6 +29,7 @@ from whyconv.results import FAMILY_ORDER, factorial_table, params_ratio, permuta
 RUN_KEY = ["dataset", "comparison", "family", "budget", "width", "train_size", "seed"]
 CELL_KEY = RUN_KEY[:-1]
 NOT_REACHED = "not reached by every seed"
+BOUND = "a bound (a smallest model is there already)"
 
 
 class AgreementError(ValueError):
@@ -139,7 +140,7 @@ def times(ratio: dict, bounded: bool) -> str:
     if math.isnan(ratio["ratio"]):
         return NOT_REACHED
     if bounded:
-        return f"{ratio['ratio']:.1f}x, a bound (a smallest model is there already)"
+        return f"{ratio['ratio']:.1f}x, {BOUND}"
     if math.isnan(ratio["low"]):
         return f"{ratio['ratio']:.1f}x (one seed)"
     return f"{ratio['ratio']:.1f}x, 95% CI [{ratio['low']:.1f}x, {ratio['high']:.1f}x]"

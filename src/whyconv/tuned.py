@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from whyconv.agreement import NOT_REACHED, AgreementError, findings, read_results
+from whyconv.agreement import BOUND, NOT_REACHED, AgreementError, findings, read_results
 from whyconv.report import FAMILY_NAMES, interval, reach_levels
 from whyconv.results import FAMILY_ORDER, mean_interval
 
@@ -66,6 +66,16 @@ def best_recipes(models: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def with_a_choice(models: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The models of the cells trained at two recipes or more, and the cells left out (trained at
+    one only: there is nothing to choose between, and their runs would mix an untuned point into
+    the tuned curves)."""
+    recipes = models.groupby(CELL)["recipe"].transform("nunique")
+    left_out = models.loc[recipes < 2, CELL].drop_duplicates()
+    names = [f"{FAMILY_NAMES.get(family, family)} at {budget:,}" for family, budget in left_out.itertuples(index=False)]
+    return models[recipes >= 2], names
+
+
 def tuned_runs(models: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
     """The models of each cell's chosen recipe: a results table as one run of the study would give."""
     chosen = best.dropna(subset=["recipe"])[[*CELL, "recipe"]]
@@ -91,31 +101,39 @@ def cells_table(models: pd.DataFrame, best: pd.DataFrame, reference: str | None)
     return pd.DataFrame(rows).to_markdown(index=False)
 
 
-def findings_by_recipe(runs: dict[str, pd.DataFrame], tuned: pd.DataFrame, budget: int) -> str:
-    """The 2x2 at `budget` and the parameter ratios, at each recipe alone and with each cell at its
-    pick, at the accuracies the tuned cells reach."""
+def findings_by_recipe(models: pd.DataFrame, tuned: pd.DataFrame, budget: int) -> str:
+    """The 2x2 at `budget` and the parameter ratios over the same cells, at each recipe alone and
+    with each cell at its pick, at the accuracies the tuned cells reach."""
     means = tuned[tuned["status"] == "ok"].groupby(CELL, as_index=False)["test_acc"].mean()
     levels = reach_levels(means.rename(columns={"test_acc": "test_acc_mean"}))
-    found = {label: findings(frame, levels, budget) for label, frame in runs.items()}
+    found = {label: findings(frame, levels, budget) for label, frame in models.groupby("recipe", sort=False)}
     found[TUNED] = findings(tuned, levels, budget)
-    # The tuned cells' findings (not the controls of a run that has them), where some run has one.
+
+    def estimated(value: str) -> bool:
+        return value != NOT_REACHED and BOUND not in value
+
+    # The findings some recipe, or the picks, give an estimate of (not only a bound, or nothing).
     rows = [{"finding": name, **{label: run.get(name, "") for label, run in found.items()}} for name in found[TUNED]
-            if any(run.get(name, NOT_REACHED) != NOT_REACHED for run in found.values())]
+            if any(estimated(run.get(name, NOT_REACHED)) for run in found.values())]
     return pd.DataFrame(rows).to_markdown(index=False)
 
 
 def summary(runs: dict[str, pd.DataFrame], budget: int, reference: str | None = None) -> str:
     """The tuning as markdown: each cell's pick, then the findings at each recipe and tuned."""
-    models = budget_runs(runs)
+    models, left_out = with_a_choice(budget_runs(runs))
+    if models.empty:
+        raise AgreementError("no cell was trained at two recipes or more: nothing to choose between. "
+                             "Fix: give runs of the same budgets at different recipes.")
     best = best_recipes(models)
     tuned = tuned_runs(models, best)
     return "\n".join([
         "Each cell at the recipe with the highest mean validation accuracy over its seeds (a recipe "
         "counts only where every seed trained to the end):", "",
         cells_table(models, best, reference), "",
+        *([f"Left out, trained at one recipe only: {', '.join(left_out)}.", ""] if left_out else []),
         f"The findings at each recipe alone and with each cell at its pick (the 2x2 at {budget:,} "
         "parameters; 95% intervals over seeds):", "",
-        findings_by_recipe(runs, tuned, budget)])
+        findings_by_recipe(models, tuned, budget)])
 
 
 def labelled_path(text: str) -> tuple[str, Path]:
