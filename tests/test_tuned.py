@@ -71,6 +71,13 @@ def test_a_cell_trained_at_one_recipe_only_is_left_out_and_named():
         tuned.summary({"a": first, "b": run({("mlp", BUDGET): [(0.9, 0.9)]})}, BUDGET)
 
 
+def test_labels_are_printed_as_given():
+    runs = {"1e-3": run(four_families({"mlp": 0.86, "lcn": 0.87, "gconv": 0.88, "cnn": 0.90})),
+            "3e-3": run(four_families({"mlp": 0.85, "lcn": 0.89, "gconv": 0.87, "cnn": 0.91}))}
+    text = tuned.summary(runs, BUDGET, reference="3e-3")
+    assert "| 1e-3, 3e-3 " in text and "test % at 3e-3" in text and "0.001" not in text
+
+
 def test_bad_arguments_get_one_message(tmp_path, capsys):
     with pytest.raises(SystemExit):
         tuned.main(["0.001", "b=x.csv"])
@@ -86,3 +93,16 @@ def test_bad_arguments_get_one_message(tmp_path, capsys):
     with pytest.raises(SystemExit):
         tuned.main([f"a={no_validation}", f"b={no_validation}", "--budget", "25000"])
     assert "run 'a' has no val_acc column" in capsys.readouterr().err
+
+
+def test_the_output_opens_with_the_command_that_gives_it(tmp_path, capsys):
+    paths = {}
+    for label, accuracy in {"a": 0.86, "b": 0.88}.items():
+        paths[label] = tmp_path / f"{label}.csv"
+        run(four_families(dict.fromkeys(["mlp", "lcn", "gconv", "cnn"], accuracy))).to_csv(paths[label], index=False)
+    argv = [f"{label}={path}" for label, path in paths.items()] + ["--budget", str(BUDGET), "--reference", "a"]
+    tuned.main(argv)
+    first, output = capsys.readouterr().out.split("\n", 1)
+    assert first == f"Written by `python -m whyconv.tuned {' '.join(argv)}`."
+    tuned.main(first.split("`")[1].split()[3:])
+    assert capsys.readouterr().out.split("\n", 1)[1] == output

@@ -98,7 +98,7 @@ def cells_table(models: pd.DataFrame, best: pd.DataFrame, reference: str | None)
             at_reference = cell[(cell["recipe"] == reference) & (cell["status"] == "ok")]["test_acc"].to_numpy()
             row[f"test % at {reference}"] = interval(*mean_interval(at_reference)) if len(at_reference) else ""
         rows.append(row)
-    return pd.DataFrame(rows).to_markdown(index=False)
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)  # labels as given
 
 
 def findings_by_recipe(models: pd.DataFrame, tuned: pd.DataFrame, budget: int) -> str:
@@ -115,7 +115,7 @@ def findings_by_recipe(models: pd.DataFrame, tuned: pd.DataFrame, budget: int) -
     # The findings some recipe, or the picks, give an estimate of (not only a bound, or nothing).
     rows = [{"finding": name, **{label: run.get(name, "") for label, run in found.items()}} for name in found[TUNED]
             if any(estimated(run.get(name, NOT_REACHED)) for run in found.values())]
-    return pd.DataFrame(rows).to_markdown(index=False)
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)  # labels as given
 
 
 def summary(runs: dict[str, pd.DataFrame], budget: int, reference: str | None = None) -> str:
@@ -148,6 +148,13 @@ def matched_budget(params: Path = Path("params.yaml")) -> int:
     return int(yaml.safe_load(params.read_text())["controls"]["matched_budget"])
 
 
+def command(args: argparse.Namespace) -> str:
+    """The command that gives this output again."""
+    options = [f"--reference {args.reference}"] if args.reference is not None else []
+    return " ".join(["python -m whyconv.tuned", *(f"{label}={path}" for label, path in args.runs),
+                     f"--budget {args.budget}", *options])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=labelled_path, metavar="LABEL=RESULTS",
@@ -169,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"no matched budget in params.yaml here ({err}): give the 2x2's budget with --budget")
     try:
         runs = {label: read_results(path) for label, path in args.runs}
-        print(f"The runs, one per recipe: {'; '.join(f'{label}: `{path}`' for label, path in args.runs)}.\n")
+        print(f"Written by `{command(args)}`.\n")
         print(summary(runs, args.budget, args.reference))
     except AgreementError as err:
         print(f"error: {err}", file=sys.stderr)
