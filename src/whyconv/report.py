@@ -736,7 +736,8 @@ def limitations(results: pd.DataFrame, summary: pd.DataFrame, setup: dict) -> st
   {setup['weight_decay']}, dropout {setup['dropout']}) for every family and size, not tuned per cell: a
   family or size that would gain from other settings is shown as trained, not at its best.
   `make learning-rate LR=...` retrains the 2x2's families at another learning rate, to see how far
-  the findings depend on it.
+  the findings depend on it, and `python -m whyconv.tuned` puts each cell at its best of such runs,
+  chosen on validation accuracy (README: **Each family at its own best rate**).
 - Accuracy is that of the last epoch (no early stopping on validation)."""
 
 
