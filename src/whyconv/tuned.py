@@ -11,8 +11,9 @@ highest mean validation accuracy, and states the findings again with every cell 
 Each argument is LABEL=RESULTS: a name for the recipe and the results.csv of a run with it.
 The choice reads validation accuracy only, so the test accuracies reported for it are not the ones
 it was chosen by. A recipe counts for a cell only where every one of its seeds trained to the end:
-one that diverges is not a recipe for that cell. A grid of a few recipes is a coarse tuning; the
-picks say where the grid's edge was the best.
+one that diverges is not a recipe for that cell. A cell trained at one recipe only is left out, as
+there is nothing to choose. A grid of a few recipes is a coarse tuning: a pick at the grid's edge
+says the best may lie beyond it.
 """
 
 from __future__ import annotations
