@@ -46,17 +46,19 @@ study: setup
 	python -m whyconv.sweep
 
 # Each is a DVC experiment trained like the study, one stage per core (sweep.py's -S, as dvc exp run's).
+# More overrides go through ARGS, after the target's own, e.g.
+# make crossings ARGS="-S train.learning_rate=0.01 -S 'study.budgets.gconv=[]'".
 quick: setup
-	python -m whyconv.sweep $(QUICK)
+	python -m whyconv.sweep $(QUICK) $(ARGS)
 
 crossings: setup
-	python -m whyconv.sweep $(CROSSINGS)
+	python -m whyconv.sweep $(CROSSINGS) $(ARGS)
 
 learning-rate: setup
-	python -m whyconv.sweep $(LEARNING_RATE)
+	python -m whyconv.sweep $(LEARNING_RATE) $(ARGS)
 
 two-by-two: setup
-	python -m whyconv.sweep $(TWO_BY_TWO)
+	python -m whyconv.sweep $(TWO_BY_TWO) $(ARGS)
 
 test: setup
 	pytest
