@@ -146,11 +146,17 @@ def times(ratio: dict, bounded: bool) -> str:
     return f"{ratio['ratio']:.1f}x, 95% CI [{ratio['low']:.1f}x, {ratio['high']:.1f}x]"
 
 
+def levels_of(results: pd.DataFrame) -> list[float]:
+    """The accuracies a run's report asks each family's parameters for (`report.reach_levels`),
+    from the means of its budget cells' finished seeds."""
+    budget_runs = results[(results["comparison"] == "budget") & (results["status"] == "ok")]
+    means = budget_runs.groupby(["family", "budget"], as_index=False)["test_acc"].mean()
+    return reach_levels(means.rename(columns={"test_acc": "test_acc_mean"}))
+
+
 def findings_table(first: pd.DataFrame, second: pd.DataFrame) -> str:
     """Both runs' findings side by side, at the accuracies the first run's report names."""
-    budget_runs = first[(first["comparison"] == "budget") & (first["status"] == "ok")]
-    means = budget_runs.groupby(["family", "budget"], as_index=False)["test_acc"].mean()
-    levels = reach_levels(means.rename(columns={"test_acc": "test_acc_mean"}))
+    levels = levels_of(first)
     found = {"first": findings(first, levels), "second": findings(second, levels)}
     names = list(dict.fromkeys([*found["first"], *found["second"]]))
     rows = [{"finding": name, **{run: found[run].get(name, "") for run in found}} for name in names

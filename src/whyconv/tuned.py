@@ -25,8 +25,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from whyconv.agreement import BOUND, NOT_REACHED, AgreementError, findings, read_results
-from whyconv.report import FAMILY_NAMES, interval, reach_levels
+from whyconv.agreement import BOUND, NOT_REACHED, AgreementError, findings, levels_of, read_results
+from whyconv.report import FAMILY_NAMES, interval
 from whyconv.results import FAMILY_ORDER, mean_interval
 
 CELL = ["family", "budget"]
@@ -105,8 +105,7 @@ def cells_table(models: pd.DataFrame, best: pd.DataFrame, reference: str | None)
 def findings_by_recipe(models: pd.DataFrame, tuned: pd.DataFrame, budget: int) -> str:
     """The 2x2 at `budget` and the parameter ratios over the same cells, at each recipe alone and
     with each cell at its pick, at the accuracies the tuned cells reach."""
-    means = tuned[tuned["status"] == "ok"].groupby(CELL, as_index=False)["test_acc"].mean()
-    levels = reach_levels(means.rename(columns={"test_acc": "test_acc_mean"}))
+    levels = levels_of(tuned)
     found = {label: findings(frame, levels, budget) for label, frame in models.groupby("recipe", sort=False)}
     found[TUNED] = findings(tuned, levels, budget)
 
