@@ -1,5 +1,6 @@
 """Stage `prepare`: the dataset through TFDS -> uint8 arrays in data/prepared (see whyconv.data)."""
 
+import logging
 from pathlib import Path
 
 from whyconv import data, stage
@@ -7,6 +8,11 @@ from whyconv.atomic import atomic_path
 from whyconv.config import load_params
 
 OUT = Path("data/prepared")
+
+# TFDS logs "Variant folder ... has no dataset_info.json" whenever it looks up a set that is not
+# on disk yet. data.prepare then stops with the cause and the fix; the warning, printed first,
+# only hides that message. Other TFDS warnings (during a download, say) still show.
+logging.getLogger("absl").addFilter(lambda record: not record.getMessage().startswith("Variant folder"))
 
 
 def main() -> None:

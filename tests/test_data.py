@@ -2,10 +2,14 @@
 
 import gzip
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+import yaml
 
 from conftest import synthetic_images, write_idx, write_idx_dataset
 from whyconv import data
@@ -108,6 +112,20 @@ def test_catalog_dataset_without_download_fails_at_once_without_network(tmp_path
     with pytest.raises(data.DataError, match="downloads are off.*data.download=true"):
         data.prepare("mnist", tmp_path / "empty", val_size=10, split_seed=0)
     assert lookups == []  # no name resolution: never the minutes-long network retry
+
+
+def test_prepare_stage_on_a_missing_catalog_set_prints_only_the_fix(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"].update(dataset="cifar10", tfds_dir=str(tmp_path / "tfds"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    done = subprocess.run([sys.executable, root / "pipelines/prepare.py"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    # One line, the cause and the fix: nothing from TFDS's lookup ahead of it.
+    assert done.stderr.startswith("error: dataset 'cifar10' is not prepared"), done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert not (tmp_path / "data/prepared").exists()
 
 
 def test_unknown_dataset_is_named(tmp_path):
