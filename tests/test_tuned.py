@@ -31,7 +31,7 @@ def test_the_pick_is_read_from_validation_not_test():
     fast = run({("cnn", BUDGET): [(0.91, 0.93), (0.91, 0.93)]})
     best = tuned.best_recipes(tuned.budget_runs({"slow": slow, "fast": fast}))
     assert best.to_dict("records") == [{"family": "cnn", "budget": BUDGET, "recipe": "slow", "compared": "slow, fast",
-                                        "not_finished": ""}]
+                                        "not_finished": "", "at_end": True}]
 
 
 def test_a_recipe_with_a_diverged_seed_is_not_a_pick_and_a_tie_goes_to_the_first_given():
@@ -42,6 +42,20 @@ def test_a_recipe_with_a_diverged_seed_is_not_a_pick_and_a_tie_goes_to_the_first
     assert best.loc["mlp", "recipe"] == "steady"
     table = tuned.cells_table(tuned.budget_runs({"steady": steady, "bold": bold}), best.reset_index(), "bold")
     assert "steady (bold diverged)" in table
+
+
+def test_picks_at_an_end_of_the_recipes_are_named_and_a_diverged_one_beyond_brackets():
+    labels = ["0.001", "0.003", "0.01", "0.03"]
+    validation = {"cnn": [0.91, 0.91, 0.91, 0.91],        # a tie: the first given, at an end
+                  "lcn": [0.90, 0.92, 0.91, 0.90],        # 0.003, between two
+                  "mlp": [0.90, 0.91, 0.95, math.nan]}    # 0.01, below a 0.03 that diverged
+    runs = {label: run({(family, BUDGET): [(accs[k], 0.9)] * 2 for family, accs in validation.items()})
+            for k, label in enumerate(labels)}
+    best = tuned.best_recipes(tuned.budget_runs(runs)).set_index("family")
+    assert best["recipe"].to_dict() == {"cnn": "0.001", "lcn": "0.003", "mlp": "0.01"}
+    assert best["at_end"].to_dict() == {"cnn": True, "lcn": False, "mlp": False}
+    assert "might do better: CNN at 25,000 (0.001)." in tuned.summary(runs, BUDGET)
+    assert tuned.picks_at_an_end(best.reset_index().assign(at_end=False)).startswith("Every pick lies between")
 
 
 def test_the_tuned_2x2_is_the_2x2_of_each_cells_pick():
@@ -78,13 +92,29 @@ def test_labels_are_printed_as_given():
     assert "| 1e-3, 3e-3 " in text and "test % at 3e-3" in text and "0.001" not in text
 
 
+def test_a_label_given_again_adds_a_run_at_that_recipe_and_a_model_counts_once(tmp_path, capsys):
+    paths = {}
+    for name, cells in {"a": {("cnn", BUDGET): [(0.90, 0.9)] * 2}, "b": {("cnn", BUDGET): [(0.91, 0.9)] * 2},
+                        "b_more": {("cnn", 4000): [(0.88, 0.9)] * 2}, "a_more": {("cnn", 4000): [(0.89, 0.9)] * 2}}.items():
+        paths[name] = tmp_path / f"{name}.csv"
+        run(cells).to_csv(paths[name], index=False)
+    tuned.main([f"a={paths['a']}", f"b={paths['b']}", f"b={paths['b_more']}", f"a={paths['a_more']}",
+                "--budget", str(BUDGET)])
+    table = capsys.readouterr().out
+    assert "| CNN      | 4,000    | a, b " in table and "| CNN      | 25,000   | a, b " in table
+    with pytest.raises(SystemExit) as stopped:
+        tuned.main([f"a={paths['a']}", f"b={paths['b']}", f"a={paths['a']}", "--budget", str(BUDGET)])
+    assert stopped.value.code == 2
+    assert "recipe 'a' has 2 models in more than one of its files (the first: cnn at 25000, seed 0)" in capsys.readouterr().err
+
+
 def test_bad_arguments_get_one_message(tmp_path, capsys):
     with pytest.raises(SystemExit):
         tuned.main(["0.001", "b=x.csv"])
     assert "is not LABEL=RESULTS" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         tuned.main(["a=x.csv", "a=y.csv"])
-    assert "each with its own label" in capsys.readouterr().err
+    assert "two recipes or more, each recipe with its own label (got only 'a')" in capsys.readouterr().err
     with pytest.raises(SystemExit) as stopped:
         tuned.main(["a=missing.csv", f"b={tmp_path / 'missing.csv'}", "--budget", "25000"])
     assert stopped.value.code == 2 and "cannot read missing.csv" in capsys.readouterr().err

@@ -8,12 +8,14 @@ highest mean validation accuracy, and states the findings again with every cell 
     python -m whyconv.tuned 0.001=reports/learning-rate/0.001/results.csv \\
         0.003=reports/results.csv 0.01=reports/learning-rate/0.01/results.csv
 
-Each argument is LABEL=RESULTS: a name for the recipe and the results.csv of a run with it.
+Each argument is LABEL=RESULTS: a name for the recipe and the results.csv of a run with it. A
+label given again adds another run at that recipe (say, one that trained more cells).
 The choice reads validation accuracy only, so the test accuracies reported for it are not the ones
 it was chosen by. A recipe counts for a cell only where every one of its seeds trained to the end:
 one that diverges is not a recipe for that cell. A cell trained at one recipe only is left out, as
-there is nothing to choose. A grid of a few recipes is a coarse tuning: a pick at the grid's edge
-says the best may lie beyond it.
+there is nothing to choose. A grid of a few recipes is a coarse tuning: a pick at either end of
+the recipes its cell was trained at says the best may lie beyond it, so give the recipes in order
+(of learning rate, say), and the output names the picks at an end.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from whyconv.agreement import BOUND, NOT_REACHED, AgreementError, findings, levels_of, read_results
+from whyconv.agreement import BOUND, NOT_REACHED, RUN_KEY, AgreementError, findings, levels_of, read_results
 from whyconv.report import FAMILY_NAMES, interval
 from whyconv.results import FAMILY_ORDER, mean_interval
 
@@ -55,16 +57,31 @@ def recipe_scores(models: pd.DataFrame) -> pd.DataFrame:
 
 def best_recipes(models: pd.DataFrame) -> pd.DataFrame:
     """Per cell: the recipe with the highest mean validation accuracy among those whose seeds all
-    finished (the first given, on a tie), and the recipes it was chosen from."""
+    finished (the first given, on a tie), the recipes it was chosen from, and whether it is the
+    first or last recipe the cell was trained at (`at_end`; a diverged one beyond counts, as it
+    did worse)."""
     scores = recipe_scores(models)
     rows = []
     for (family, budget), cell in scores.groupby(CELL, sort=False):
         finished = cell[cell["finished"]]
-        rows.append({"family": family, "budget": budget,
-                     "recipe": finished.loc[finished["val_acc"].idxmax(), "recipe"] if len(finished) else None,
+        recipe = finished.loc[finished["val_acc"].idxmax(), "recipe"] if len(finished) else None
+        trained = cell["recipe"].tolist()  # in the order given
+        rows.append({"family": family, "budget": budget, "recipe": recipe,
                      "compared": ", ".join(finished["recipe"]),
-                     "not_finished": ", ".join(cell.loc[~cell["finished"], "recipe"])})
+                     "not_finished": ", ".join(cell.loc[~cell["finished"], "recipe"]),
+                     "at_end": recipe is not None and recipe in (trained[0], trained[-1])})
     return pd.DataFrame(rows)
+
+
+def picks_at_an_end(best: pd.DataFrame) -> str:
+    """A sentence naming the picks at an end of their cell's recipes, where one beyond may do better."""
+    order = {family: k for k, family in enumerate(FAMILY_ORDER)}
+    at_end = sorted(best[best["at_end"]].itertuples(), key=lambda r: (order.get(r.family, len(order)), r.budget))
+    if not at_end:
+        return "Every pick lies between two recipes its cell was trained at."
+    names = [f"{FAMILY_NAMES.get(pick.family, pick.family)} at {pick.budget:,} ({pick.recipe})" for pick in at_end]
+    return ("At an end of the recipes their cell was trained at (in the order given), so a recipe beyond "
+            f"might do better: {', '.join(names)}.")
 
 
 def with_a_choice(models: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -130,6 +147,7 @@ def summary(runs: dict[str, pd.DataFrame], budget: int, reference: str | None = 
         "Each cell at the recipe with the highest mean validation accuracy over its seeds (a recipe "
         "counts only where every seed trained to the end):", "",
         cells_table(models, best, reference), "",
+        picks_at_an_end(best), "",
         *([f"Left out, trained at one recipe only: {', '.join(left_out)}.", ""] if left_out else []),
         f"The findings at each recipe alone and with each cell at its pick (the 2x2 at {budget:,} "
         "parameters; 95% intervals over seeds):", "",
@@ -141,6 +159,21 @@ def labelled_path(text: str) -> tuple[str, Path]:
     if not separator or not label or not path:
         raise argparse.ArgumentTypeError(f"{text!r} is not LABEL=RESULTS (e.g. 0.001=reports/learning-rate/0.001/results.csv)")
     return label, Path(path)
+
+
+def recipe_runs(runs: list[tuple[str, Path]]) -> dict[str, pd.DataFrame]:
+    """Each label's results, its files read and put together, in the order the labels first come."""
+    recipes = {}
+    for label in dict.fromkeys(label for label, _ in runs):
+        frame = pd.concat([read_results(path) for each, path in runs if each == label], ignore_index=True)
+        twice = frame[frame.duplicated(subset=RUN_KEY, keep=False)]
+        if len(twice):
+            model = twice.iloc[0]
+            raise AgreementError(f"recipe {label!r} has {len(twice) // 2} models in more than one of its files "
+                                 f"(the first: {model['family']} at {model['budget']}, seed {model['seed']}). "
+                                 "Fix: give each model once.")
+        recipes[label] = frame
+    return recipes
 
 
 def matched_budget(params: Path = Path("params.yaml")) -> int:
@@ -158,15 +191,16 @@ def command(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=labelled_path, metavar="LABEL=RESULTS",
-                        help="a recipe's name and the results.csv of a run with it; two or more")
+                        help="a recipe's name and the results.csv of a run with it; two recipes or more "
+                             "(a label given again adds another run at that recipe)")
     parser.add_argument("--budget", type=int, default=None,
                         help="the 2x2's budget (default: controls.matched_budget in params.yaml)")
     parser.add_argument("--reference", default=None,
                         help="a label whose test accuracy each cell shows beside its pick (say, the study's)")
     args = parser.parse_args(argv)
-    labels = [label for label, _ in args.runs]
-    if len(set(labels)) != len(labels) or len(labels) < 2:
-        parser.error(f"give two or more runs, each with its own label (got {', '.join(labels)})")
+    labels = list(dict.fromkeys(label for label, _ in args.runs))
+    if len(labels) < 2:
+        parser.error(f"give runs of two recipes or more, each recipe with its own label (got only {labels[0]!r})")
     if args.reference is not None and args.reference not in labels:
         parser.error(f"--reference {args.reference!r} is none of the labels ({', '.join(labels)})")
     if args.budget is None:
@@ -175,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as err:
             parser.error(f"no matched budget in params.yaml here ({err}): give the 2x2's budget with --budget")
     try:
-        runs = {label: read_results(path) for label, path in args.runs}
+        runs = recipe_runs(args.runs)
         print(f"Written by `{command(args)}`.\n")
         print(summary(runs, args.budget, args.reference))
     except AgreementError as err:
