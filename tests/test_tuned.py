@@ -29,18 +29,18 @@ def four_families(accuracy: dict[str, float]) -> dict[tuple[str, int], list[tupl
 def test_the_pick_is_read_from_validation_not_test():
     slow = run({("cnn", BUDGET): [(0.92, 0.89), (0.92, 0.89)]})  # the better validation, the worse test
     fast = run({("cnn", BUDGET): [(0.91, 0.93), (0.91, 0.93)]})
-    best = tuned.best_recipes(tuned.budget_runs({"slow": slow, "fast": fast}))
-    assert best.to_dict("records") == [{"family": "cnn", "budget": BUDGET, "recipe": "slow", "compared": "slow, fast",
-                                        "not_finished": "", "at_end": True}]
+    best = tuned.best_recipes(tuned.cell_runs({"slow": slow, "fast": fast}))
+    assert best.to_dict("records") == [{"family": "cnn", "budget": BUDGET, "comparison": "budget", "train_size": 55000,
+                                        "recipe": "slow", "compared": "slow, fast", "not_finished": "", "at_end": True}]
 
 
 def test_a_recipe_with_a_diverged_seed_is_not_a_pick_and_a_tie_goes_to_the_first_given():
     steady = run({("gconv", BUDGET): [(0.88, 0.88), (0.88, 0.88)], ("mlp", BUDGET): [(0.87, 0.86)] * 2})
     bold = run({("gconv", BUDGET): [(0.95, 0.95), (math.nan, math.nan)], ("mlp", BUDGET): [(0.87, 0.88)] * 2})
-    best = tuned.best_recipes(tuned.budget_runs({"steady": steady, "bold": bold})).set_index("family")
+    best = tuned.best_recipes(tuned.cell_runs({"steady": steady, "bold": bold})).set_index("family")
     assert best.loc["gconv", ["recipe", "compared", "not_finished"]].tolist() == ["steady", "steady", "bold"]
     assert best.loc["mlp", "recipe"] == "steady"
-    table = tuned.cells_table(tuned.budget_runs({"steady": steady, "bold": bold}), best.reset_index(), "bold")
+    table = tuned.cells_table(tuned.cell_runs({"steady": steady, "bold": bold}), best.reset_index(), "bold")
     assert "steady (bold diverged)" in table
 
 
@@ -51,18 +51,40 @@ def test_picks_at_an_end_of_the_recipes_are_named_and_a_diverged_one_beyond_brac
                   "mlp": [0.90, 0.91, 0.95, math.nan]}    # 0.01, below a 0.03 that diverged
     runs = {label: run({(family, BUDGET): [(accs[k], 0.9)] * 2 for family, accs in validation.items()})
             for k, label in enumerate(labels)}
-    best = tuned.best_recipes(tuned.budget_runs(runs)).set_index("family")
+    best = tuned.best_recipes(tuned.cell_runs(runs)).set_index("family")
     assert best["recipe"].to_dict() == {"cnn": "0.001", "lcn": "0.003", "mlp": "0.01"}
     assert best["at_end"].to_dict() == {"cnn": True, "lcn": False, "mlp": False}
     assert "might do better: CNN at 25,000 (0.001)." in tuned.summary(runs, BUDGET)
     assert tuned.picks_at_an_end(best.reset_index().assign(at_end=False)).startswith("Every pick lies between")
 
 
+def test_a_subset_cell_is_tuned_on_its_own_and_the_lead_at_each_size_follows_the_picks():
+    def with_subsets(full: dict, small: dict) -> pd.DataFrame:
+        subsets = run({(family, BUDGET): seeds for family, seeds in small.items()})
+        return pd.concat([run({(family, BUDGET): seeds for family, seeds in full.items()}),
+                          subsets.assign(comparison="subset", train_size=1000)], ignore_index=True)
+    # On the full split the fast rate wins for both; on 1,000 images the slow one wins for the CNN.
+    runs = {"slow": with_subsets({"mlp": [(0.86, 0.86)] * 2, "cnn": [(0.90, 0.90)] * 2},
+                                 {"mlp": [(0.79, 0.79)] * 2, "cnn": [(0.83, 0.83), (0.83, 0.84)]}),
+            "fast": with_subsets({"mlp": [(0.87, 0.87)] * 2, "cnn": [(0.91, 0.91)] * 2},
+                                 {"mlp": [(0.80, 0.80)] * 2, "cnn": [(0.81, 0.81)] * 2})}
+    models = tuned.cell_runs(runs)
+    best = tuned.best_recipes(models).set_index(["family", "train_size"])["recipe"]
+    assert best.to_dict() == {("mlp", 55000): "fast", ("cnn", 55000): "fast", ("mlp", 1000): "fast",
+                              ("cnn", 1000): "slow"}
+    text = tuned.summary(runs, BUDGET)
+    assert "| CNN      | 25,000   | 1,000    | slow, fast         | slow " in text
+    # The CNN at its pick (0.835) minus the MLP at its (0.80); on the full split 0.91 - 0.87.
+    assert "| CNN minus MLP on 1,000 training images  |" in text
+    tuned_row = next(line for line in text.splitlines() if line.startswith("| CNN minus MLP on 1,000"))
+    assert tuned_row.rstrip(" |").split("|")[-1].strip().startswith("+3.50 points")
+
+
 def test_the_tuned_2x2_is_the_2x2_of_each_cells_pick():
     low = {"mlp": 0.86, "lcn": 0.87, "gconv": 0.88, "cnn": 0.90}
     high = {"mlp": 0.85, "lcn": 0.89, "gconv": 0.87, "cnn": 0.91}
     runs = {"low": run(four_families(low)), "high": run(four_families(high))}
-    models = tuned.budget_runs(runs)
+    models = tuned.cell_runs(runs)
     picked = tuned.tuned_runs(models, tuned.best_recipes(models))
     assert picked.groupby("family")["recipe"].first().to_dict() == {"mlp": "low", "lcn": "high", "gconv": "low",
                                                                     "cnn": "high"}
@@ -78,7 +100,7 @@ def test_the_tuned_2x2_is_the_2x2_of_each_cells_pick():
 def test_a_cell_trained_at_one_recipe_only_is_left_out_and_named():
     first = run({("cnn", BUDGET): [(0.91, 0.91)] * 2, ("cnn", 4000): [(0.88, 0.88)] * 2})
     second = run({("cnn", BUDGET): [(0.92, 0.92)] * 2})
-    models, left_out = tuned.with_a_choice(tuned.budget_runs({"a": first, "b": second}))
+    models, left_out = tuned.with_a_choice(tuned.cell_runs({"a": first, "b": second}))
     assert set(models["budget"]) == {BUDGET} and left_out == ["CNN at 4,000"]
     assert "Left out, trained at one recipe only: CNN at 4,000." in tuned.summary({"a": first, "b": second}, BUDGET)
     with pytest.raises(tuned.AgreementError, match="nothing to choose between"):

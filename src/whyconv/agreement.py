@@ -9,8 +9,9 @@ puts a number on it, for a study rerun against the committed outputs, say:
     python -m whyconv.agreement /tmp/committed.csv reports/results.csv
 
 Test accuracy is a count over the test images, so "same" below is exact, not a tolerance. Last,
-the study's findings (the 2x2, the permuted-pixel drops, the parameters each family needs to reach
-the report's accuracies) as each run's own seeds give them, to see which of them moved.
+the study's findings (the 2x2, the permuted-pixel drops, the CNN's lead over the MLP at each
+training-set size, the parameters each family needs to reach the report's accuracies) as each run's
+own seeds give them, to see which of them moved.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from whyconv.report import FAMILY_NAMES, points, reach_levels, some_seed_at_smallest
-from whyconv.results import FAMILY_ORDER, factorial_table, params_ratio, permutation_table
+from whyconv.results import FAMILY_ORDER, difference_interval, factorial_table, params_ratio, permutation_table
 
 # What names one trained model: a run of the study has one row for each.
 RUN_KEY = ["dataset", "comparison", "family", "budget", "width", "train_size", "seed"]
@@ -126,12 +127,27 @@ def findings(results: pd.DataFrame, levels: list[float], budget: int | None = No
         for row in permutation_table(results, budget).itertuples():
             found[f"drop on permuted pixels: {FAMILY_NAMES[row.family]}"] = points(
                 row.drop, row.drop_low, row.drop_high)
+        for size, lead in leads_by_train_size(results, budget).items():
+            found[f"CNN minus MLP on {size:,} training images"] = points(*lead)
     for level in levels:
         for family in [f for f in FAMILY_ORDER if f != reference and f in set(results["family"])]:
             found[f"{FAMILY_NAMES[family]} / {FAMILY_NAMES[reference]} parameters to reach {100 * level:.0f}%"] = (
                 times(params_ratio(results, family, reference, level), some_seed_at_smallest(results, family, level)
                       or some_seed_at_smallest(results, reference, level)))
     return found
+
+
+def leads_by_train_size(results: pd.DataFrame, budget: int) -> dict[int, tuple[float, float, float]]:
+    """The CNN's test accuracy minus the MLP's at `budget`, with its 95% Welch interval, at each
+    training-set size (the full split and each subset), where both trained on subsets."""
+    cells = results[(results["budget"] == budget) & (results["status"] == "ok")
+                    & results["comparison"].isin(["budget", "subset"])]
+    if not {"cnn", "mlp"} <= set(cells.loc[cells["comparison"] == "subset", "family"]):
+        return {}
+    by_size = cells.groupby(["train_size", "family"])["test_acc"]
+    return {int(size): difference_interval(by_size.get_group((size, "cnn")).to_numpy(),
+                                           by_size.get_group((size, "mlp")).to_numpy())
+            for size in sorted(cells["train_size"].unique())}
 
 
 def times(ratio: dict, bounded: bool) -> str:

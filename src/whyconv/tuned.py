@@ -2,8 +2,9 @@
 
 The study trains every family and size one way, tuned for none, and the families want different
 learning rates (README, **How far the findings depend on the recipe**). Given runs of the study at
-several recipes, this picks for each cell (family and budget) the recipe whose seeds reach the
-highest mean validation accuracy, and states the findings again with every cell at its pick:
+several recipes, this picks for each cell (family and budget, and for the sample-efficiency
+control's cells the training-set size) the recipe whose seeds reach the highest mean validation
+accuracy, and states the findings again with every cell at its pick:
 
     python -m whyconv.tuned 0.001=reports/learning-rate/0.001/results.csv \\
         0.003=reports/results.csv 0.01=reports/learning-rate/0.01/results.csv
@@ -31,22 +32,35 @@ from whyconv.agreement import BOUND, NOT_REACHED, RUN_KEY, AgreementError, findi
 from whyconv.report import FAMILY_NAMES, interval
 from whyconv.results import FAMILY_ORDER, mean_interval
 
-CELL = ["family", "budget"]
+# A cell: a family at a budget, trained on the full split ("budget") or on a subset of it.
+CELL = ["family", "budget", "comparison", "train_size"]
+TUNABLE = ["budget", "subset"]
 TUNED = "each cell at its pick"
 
 
-def budget_runs(runs: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """The budget cells of every run, one row per model, with its run's `recipe` label."""
+def cell_runs(runs: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The budget and subset cells of every run, one row per model, with its run's `recipe` label."""
     for label, frame in runs.items():
         if "val_acc" not in frame:
             raise AgreementError(f"run {label!r} has no val_acc column, which the choice reads. Fix: give a "
                                  "study's results.csv (reports/results.csv, written by the aggregate stage).")
-    frames = [frame[frame["comparison"] == "budget"].assign(recipe=label) for label, frame in runs.items()]
+    frames = [frame[frame["comparison"].isin(TUNABLE)].assign(recipe=label) for label, frame in runs.items()]
     combined = pd.concat(frames, ignore_index=True)
     if combined.empty:
-        raise AgreementError("no run has a budget cell. Fix: give the results.csv of runs of the study.")
-    combined["budget"] = combined["budget"].astype(int)
+        raise AgreementError("no run has a budget or subset cell. Fix: give the results.csv of runs of the study.")
+    combined[["budget", "train_size"]] = combined[["budget", "train_size"]].astype(int)
     return combined
+
+
+def cell_name(family: str, budget: int, comparison: str, train_size: int) -> str:
+    name = f"{FAMILY_NAMES.get(family, family)} at {budget:,}"
+    return name + (f" on {train_size:,} images" if comparison == "subset" else "")
+
+
+def in_study_order(picks: pd.DataFrame) -> list:
+    """The rows of a table of cells as tuples, by family as the study orders them, then size."""
+    order = {family: k for k, family in enumerate(FAMILY_ORDER)}
+    return sorted(picks.itertuples(), key=lambda r: (order.get(r.family, len(order)), r.budget, r.train_size))
 
 
 def recipe_scores(models: pd.DataFrame) -> pd.DataFrame:
@@ -62,11 +76,12 @@ def best_recipes(models: pd.DataFrame) -> pd.DataFrame:
     did worse)."""
     scores = recipe_scores(models)
     rows = []
-    for (family, budget), cell in scores.groupby(CELL, sort=False):
+    for (family, budget, comparison, train_size), cell in scores.groupby(CELL, sort=False):
         finished = cell[cell["finished"]]
         recipe = finished.loc[finished["val_acc"].idxmax(), "recipe"] if len(finished) else None
         trained = cell["recipe"].tolist()  # in the order given
-        rows.append({"family": family, "budget": budget, "recipe": recipe,
+        rows.append({"family": family, "budget": budget, "comparison": comparison, "train_size": train_size,
+                     "recipe": recipe,
                      "compared": ", ".join(finished["recipe"]),
                      "not_finished": ", ".join(cell.loc[~cell["finished"], "recipe"]),
                      "at_end": recipe is not None and recipe in (trained[0], trained[-1])})
@@ -75,11 +90,10 @@ def best_recipes(models: pd.DataFrame) -> pd.DataFrame:
 
 def picks_at_an_end(best: pd.DataFrame) -> str:
     """A sentence naming the picks at an end of their cell's recipes, where one beyond may do better."""
-    order = {family: k for k, family in enumerate(FAMILY_ORDER)}
-    at_end = sorted(best[best["at_end"]].itertuples(), key=lambda r: (order.get(r.family, len(order)), r.budget))
+    at_end = in_study_order(best[best["at_end"]])
     if not at_end:
         return "Every pick lies between two recipes its cell was trained at."
-    names = [f"{FAMILY_NAMES.get(pick.family, pick.family)} at {pick.budget:,} ({pick.recipe})" for pick in at_end]
+    names = [f"{cell_name(p.family, p.budget, p.comparison, p.train_size)} ({p.recipe})" for p in at_end]
     return ("At an end of the recipes their cell was trained at (in the order given), so a recipe beyond "
             f"might do better: {', '.join(names)}.")
 
@@ -90,7 +104,7 @@ def with_a_choice(models: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     the tuned curves)."""
     recipes = models.groupby(CELL)["recipe"].transform("nunique")
     left_out = models.loc[recipes < 2, CELL].drop_duplicates()
-    names = [f"{FAMILY_NAMES.get(family, family)} at {budget:,}" for family, budget in left_out.itertuples(index=False)]
+    names = [cell_name(*cell) for cell in left_out.itertuples(index=False)]
     return models[recipes >= 2], names
 
 
@@ -103,11 +117,13 @@ def tuned_runs(models: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
 def cells_table(models: pd.DataFrame, best: pd.DataFrame, reference: str | None) -> str:
     """Each cell's pick, its validation and test accuracy, and its test accuracy at `reference`."""
     rows = []
-    order = {family: k for k, family in enumerate(FAMILY_ORDER)}
-    for pick in sorted(best.itertuples(), key=lambda r: (order.get(r.family, len(order)), r.budget)):
+    subsets = (best["comparison"] == "subset").any()
+    cells = models.groupby(CELL)
+    for pick in in_study_order(best):
         row = {"family": FAMILY_NAMES.get(pick.family, pick.family), "budget": f"{pick.budget:,}",
+               **({"images": f"{pick.train_size:,}"} if subsets else {}),
                "recipes compared": pick.compared + (f" ({pick.not_finished} diverged)" if pick.not_finished else "")}
-        cell = models[(models["family"] == pick.family) & (models["budget"] == pick.budget)]
+        cell = cells.get_group((pick.family, pick.budget, pick.comparison, pick.train_size))
         chosen = cell[cell["recipe"] == pick.recipe]
         row |= {"chosen": pick.recipe or "none finished",
                 "val %": f"{100 * chosen['val_acc'].mean():.2f}" if len(chosen) else "",
@@ -120,8 +136,9 @@ def cells_table(models: pd.DataFrame, best: pd.DataFrame, reference: str | None)
 
 
 def findings_by_recipe(models: pd.DataFrame, tuned: pd.DataFrame, budget: int) -> str:
-    """The 2x2 at `budget` and the parameter ratios over the same cells, at each recipe alone and
-    with each cell at its pick, at the accuracies the tuned cells reach."""
+    """The 2x2 at `budget`, the CNN's lead over the MLP at each training-set size and the parameter
+    ratios over the same cells, at each recipe alone and with each cell at its pick, at the
+    accuracies the tuned cells reach."""
     levels = levels_of(tuned)
     found = {label: findings(frame, levels, budget) for label, frame in models.groupby("recipe", sort=False)}
     found[TUNED] = findings(tuned, levels, budget)
@@ -137,7 +154,7 @@ def findings_by_recipe(models: pd.DataFrame, tuned: pd.DataFrame, budget: int) -
 
 def summary(runs: dict[str, pd.DataFrame], budget: int, reference: str | None = None) -> str:
     """The tuning as markdown: each cell's pick, then the findings at each recipe and tuned."""
-    models, left_out = with_a_choice(budget_runs(runs))
+    models, left_out = with_a_choice(cell_runs(runs))
     if models.empty:
         raise AgreementError("no cell was trained at two recipes or more: nothing to choose between. "
                              "Fix: give runs of the same budgets at different recipes.")
