@@ -1,6 +1,8 @@
 """Each cell at its best recipe, chosen on validation (whyconv.tuned)."""
 
 import math
+import shlex
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -9,6 +11,7 @@ from whyconv import tuned
 from whyconv.results import factorial_table
 
 BUDGET = 25000
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(cells: dict[tuple[str, int], list[tuple[float, float]]]) -> pd.DataFrame:
@@ -158,3 +161,14 @@ def test_the_output_opens_with_the_command_that_gives_it(tmp_path, capsys):
     assert first == f"Written by `python -m whyconv.tuned {' '.join(argv)}`."
     tuned.main(first.split("`")[1].split()[3:])
     assert capsys.readouterr().out.split("\n", 1)[1] == output
+
+
+@pytest.mark.parametrize("path", sorted(ROOT.glob("reports/**/tuned.md")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_each_committed_tuned_md_is_what_its_first_line_gives(path, capsys, monkeypatch):
+    text = path.read_text()
+    command = shlex.split(text.splitlines()[0].removeprefix("Written by `").removesuffix("`."))
+    assert command[:3] == ["python", "-m", "whyconv.tuned"]
+    monkeypatch.chdir(ROOT)
+    tuned.main(command[3:])
+    assert capsys.readouterr().out == text
+
