@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from whyconv import agreement
+from whyconv import agreement, report
 
 
 def study(accuracies: dict[tuple, list[float]]) -> pd.DataFrame:
@@ -113,11 +113,11 @@ def test_the_cnns_lead_over_the_mlp_at_each_training_set_size_is_a_finding():
     full = study({("budget", "mlp", 25000, 30): [0.87, 0.88, 0.86], ("budget", "cnn", 25000, 19): [0.90, 0.91, 0.92]})
     subsets = study({("subset", "mlp", 25000, 30): [0.80, 0.81, 0.79], ("subset", "cnn", 25000, 19): [0.81, 0.81, 0.83]})
     results = pd.concat([full, subsets.assign(train_size=1000)], ignore_index=True)
-    leads = agreement.leads_by_train_size(results, 25000)
+    leads = report.leads_by_train_size(results, 25000)
     assert list(leads) == [1000, 55000]
     assert leads[1000][0] == pytest.approx(0.0167, abs=1e-4) and leads[55000][0] == pytest.approx(0.04)
     assert leads[55000][1] < 0.04 < leads[55000][2]  # a Welch interval around it
     assert agreement.findings(results, [], 25000)["CNN minus MLP on 1,000 training images"].startswith("+1.67 points")
     # Without subsets of both families there is no sample-efficiency finding.
-    assert agreement.leads_by_train_size(full, 25000) == {}
+    assert report.leads_by_train_size(full, 25000) == {}
 

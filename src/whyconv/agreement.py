@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from whyconv.report import FAMILY_NAMES, points, reach_levels, some_seed_at_smallest
-from whyconv.results import FAMILY_ORDER, difference_interval, factorial_table, params_ratio, permutation_table
+from whyconv.report import FAMILY_NAMES, leads_by_train_size, points, reach_levels, some_seed_at_smallest
+from whyconv.results import FAMILY_ORDER, factorial_table, params_ratio, permutation_table
 
 # What names one trained model: a run of the study has one row for each.
 RUN_KEY = ["dataset", "comparison", "family", "budget", "width", "train_size", "seed"]
@@ -135,19 +135,6 @@ def findings(results: pd.DataFrame, levels: list[float], budget: int | None = No
                 times(params_ratio(results, family, reference, level), some_seed_at_smallest(results, family, level)
                       or some_seed_at_smallest(results, reference, level)))
     return found
-
-
-def leads_by_train_size(results: pd.DataFrame, budget: int) -> dict[int, tuple[float, float, float]]:
-    """The CNN's test accuracy minus the MLP's at `budget`, with its 95% Welch interval, at each
-    training-set size (the full split and each subset), where both trained on subsets."""
-    cells = results[(results["budget"] == budget) & (results["status"] == "ok")
-                    & results["comparison"].isin(["budget", "subset"])]
-    if not {"cnn", "mlp"} <= set(cells.loc[cells["comparison"] == "subset", "family"]):
-        return {}
-    by_size = cells.groupby(["train_size", "family"])["test_acc"]
-    return {int(size): difference_interval(by_size.get_group((size, "cnn")).to_numpy(),
-                                           by_size.get_group((size, "mlp")).to_numpy())
-            for size in sorted(cells["train_size"].unique())}
 
 
 def times(ratio: dict, bounded: bool) -> str:

@@ -598,6 +598,18 @@ def shift_section(shift: pd.DataFrame, max_shift: int) -> str:
             + (100 * table).round(2).to_markdown() + "\n\n" + "\n".join(lines))
 
 
+def leads_by_train_size(results: pd.DataFrame, budget: int) -> dict[int, tuple[float, float, float]]:
+    """The CNN's test accuracy minus the MLP's at `budget`, with its 95% Welch interval, at each
+    training-set size both trained at (the full split and the subsets), where both trained on subsets."""
+    cells = results[(results["budget"] == budget) & (results["status"] == "ok")
+                    & results["comparison"].isin(["budget", "subset"])]
+    if not {"cnn", "mlp"} <= set(cells.loc[cells["comparison"] == "subset", "family"]):
+        return {}
+    acc = {key: group.to_numpy() for key, group in cells.groupby(["train_size", "family"])["test_acc"]}
+    return {int(size): difference_interval(acc[size, "cnn"], acc[size, "mlp"])
+            for size in sorted(cells["train_size"].unique()) if (size, "cnn") in acc and (size, "mlp") in acc}
+
+
 def subsets_section(results: pd.DataFrame, subsets: pd.DataFrame, budget: int) -> str:
     if subsets.empty:
         return f"Switched off ({SWITCHED_OFF['subsets']})."
@@ -607,15 +619,8 @@ def subsets_section(results: pd.DataFrame, subsets: pd.DataFrame, budget: int) -
     grid.index = grid.index.map(FAMILY_NAMES)
     grid.columns = [f"{c:,} images" for c in grid.columns]
     epochs = subsets.groupby("train_size")["epochs"].max()
-    lines = []
-    runs = results[(results["budget"] == budget) & (results["status"] == "ok")
-                   & results["comparison"].isin(["budget", "subset"])]
-    if {"cnn", "mlp"} <= set(subsets["family"]):
-        for size in sorted(subsets["train_size"].unique()):
-            acc = {f: runs.loc[(runs["family"] == f) & (runs["train_size"] == size), "test_acc"].to_numpy()
-                   for f in ("cnn", "mlp")}
-            diff = difference_interval(acc["cnn"], acc["mlp"])
-            lines.append(f"- {size:,} training images: CNN minus MLP {points(*diff)}.")
+    lines = [f"- {size:,} training images: CNN minus MLP {points(*lead)}."
+             for size, lead in leads_by_train_size(results, budget).items()]
     return (f"Test accuracy % [95% CI] at {budget:,} parameters against training-set size. Subsets are nested "
             "and the same for every family and seed; small subsets train for more epochs ("
             + ", ".join(f"{e} at {n:,}" for n, e in epochs.items()) + ") so that every run takes at least "
