@@ -110,6 +110,14 @@ def test_a_cell_trained_at_one_recipe_only_is_left_out_and_named():
         tuned.summary({"a": first, "b": run({("mlp", BUDGET): [(0.9, 0.9)]})}, BUDGET)
 
 
+def test_cells_left_out_are_named_a_family_at_a_time():
+    cells = pd.DataFrame([("mlp", 50000, "budget", 55000), ("cnn", 4000, "budget", 55000),
+                          ("mlp", 25000, "subset", 3000), ("mlp", 25000, "subset", 1000),
+                          ("mlp", 100000, "budget", 55000), ("mlp", 25000, "subset", 10000)], columns=tuned.CELL)
+    assert tuned.cells_in_words(cells) == ["MLP at 25,000 on 1,000, 3,000 and 10,000 images",
+                                           "MLP at 50,000 and 100,000", "CNN at 4,000"]
+
+
 def test_labels_are_printed_as_given():
     runs = {"1e-3": run(four_families({"mlp": 0.86, "lcn": 0.87, "gconv": 0.88, "cnn": 0.90})),
             "3e-3": run(four_families({"mlp": 0.85, "lcn": 0.89, "gconv": 0.87, "cnn": 0.91}))}

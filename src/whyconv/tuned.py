@@ -103,9 +103,31 @@ def with_a_choice(models: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     one only: there is nothing to choose between, and their runs would mix an untuned point into
     the tuned curves)."""
     recipes = models.groupby(CELL)["recipe"].transform("nunique")
-    left_out = models.loc[recipes < 2, CELL].drop_duplicates()
-    names = [cell_name(*cell) for cell in left_out.itertuples(index=False)]
-    return models[recipes >= 2], names
+    return models[recipes >= 2], cells_in_words(models.loc[recipes < 2, CELL].drop_duplicates())
+
+
+def cells_in_words(cells: pd.DataFrame) -> list[str]:
+    """Cells named a few at a time: a family's budgets together, and its training-set sizes at a
+    budget together ("MLP at 25,000 on 1,000, 3,000 and 10,000 images")."""
+    groups: dict[tuple[str, str, int | None], list[int]] = {}
+    for cell in in_study_order(cells):
+        if cell.comparison == "subset":
+            groups.setdefault((cell.family, cell.comparison, cell.budget), []).append(cell.train_size)
+        else:
+            groups.setdefault((cell.family, cell.comparison, None), []).append(cell.budget)
+    names = []
+    for (family, comparison, budget), sizes in groups.items():
+        name = f"{FAMILY_NAMES.get(family, family)} at "
+        if comparison == "subset":
+            names.append(name + f"{budget:,} on {in_words([f'{size:,}' for size in sizes])} images")
+        else:
+            names.append(name + in_words([f"{size:,}" for size in sizes]))
+    return names
+
+
+def in_words(items: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else items[0]
 
 
 def tuned_runs(models: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
@@ -136,9 +158,9 @@ def cells_table(models: pd.DataFrame, best: pd.DataFrame, reference: str | None)
 
 
 def findings_by_recipe(models: pd.DataFrame, tuned: pd.DataFrame, budget: int) -> str:
-    """The 2x2 at `budget`, the CNN's lead over the MLP at each training-set size and the parameter
-    ratios over the same cells, at each recipe alone and with each cell at its pick, at the
-    accuracies the tuned cells reach."""
+    """The 2x2 at `budget`, the CNN's lead over the MLP and the 2x2 at each training-set size, and
+    the parameter ratios over the same cells, at each recipe alone and with each cell at its pick, at
+    the accuracies the tuned cells reach."""
     levels = levels_of(tuned)
     found = {label: findings(frame, levels, budget) for label, frame in models.groupby("recipe", sort=False)}
     found[TUNED] = findings(tuned, levels, budget)
@@ -165,7 +187,7 @@ def summary(runs: dict[str, pd.DataFrame], budget: int, reference: str | None = 
         "counts only where every seed trained to the end):", "",
         cells_table(models, best, reference), "",
         picks_at_an_end(best), "",
-        *([f"Left out, trained at one recipe only: {', '.join(left_out)}.", ""] if left_out else []),
+        *([f"Left out, trained at one recipe only: {'; '.join(left_out)}.", ""] if left_out else []),
         f"The findings at each recipe alone and with each cell at its pick (the 2x2 at {budget:,} "
         "parameters; 95% intervals over seeds):", "",
         findings_by_recipe(models, tuned, budget)])
