@@ -121,3 +121,30 @@ def test_the_cnns_lead_over_the_mlp_at_each_training_set_size_is_a_finding():
     # Without subsets of both families there is no sample-efficiency finding.
     assert report.leads_by_train_size(full, 25000) == {}
 
+
+
+def test_the_2x2_on_each_subset_size_is_a_finding_where_all_four_families_trained_on_it():
+    full = study({("budget", "mlp", 25000, 30): [0.87, 0.88], ("budget", "lcn", 25000, 9): [0.88, 0.89],
+                  ("budget", "gconv", 25000, 9): [0.88, 0.89], ("budget", "cnn", 25000, 19): [0.90, 0.91]})
+    # On 1,000 images: locality buys 1 point alone, sharing 2 alone, and 4 together (interaction +1).
+    subsets = study({("subset", "mlp", 25000, 30): [0.80, 0.81], ("subset", "lcn", 25000, 9): [0.81, 0.82],
+                     ("subset", "gconv", 25000, 9): [0.82, 0.83], ("subset", "cnn", 25000, 19): [0.84, 0.85]})
+    results = pd.concat([full, subsets.assign(train_size=1000)], ignore_index=True)
+    factorials = report.factorials_by_train_size(results, 25000)
+    assert list(factorials) == [1000, 55000]
+    effects = factorials[1000].set_index("term")["estimate"]
+    assert effects[["locality", "sharing", "interaction"]].tolist() == pytest.approx([0.015, 0.025, 0.01])
+    found = agreement.findings(results, [], 25000)
+    assert found["2x2 on 1,000 training images: sharing"].startswith("+2.50 points")
+    assert "2x2 on 55,000 training images: sharing" not in found  # the full split's is the 2x2's own finding
+    # The report's sample-efficiency section has the same 2x2, a row per size.
+    section = report.subsets_section(results, pd.DataFrame({"family": ["mlp"], "train_size": [1000], "epochs": [20],
+                                                            "test_acc_mean": [0.8], "test_acc_low": [0.79],
+                                                            "test_acc_high": [0.81]}), 25000)
+    row = next(line for line in section.splitlines() if line.startswith("| 1,000 "))
+    assert [cell.split(" [")[0].strip() for cell in row.split("|")[2:5]] == ["+1.50", "+2.50", "+1.00"]
+    assert any(line.startswith("| 55,000 ") for line in section.splitlines())
+    # A family missing on the subsets: no 2x2 by size.
+    without_gconv = results[~((results["family"] == "gconv") & (results["comparison"] == "subset"))]
+    assert report.factorials_by_train_size(without_gconv, 25000) == {}
+    assert not any(name.startswith("2x2 on") for name in agreement.findings(without_gconv, [], 25000))

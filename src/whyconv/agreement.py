@@ -9,8 +9,8 @@ puts a number on it, for a study rerun against the committed outputs, say:
     python -m whyconv.agreement /tmp/committed.csv reports/results.csv
 
 Test accuracy is a count over the test images, so "same" below is exact, not a tolerance. Last,
-the study's findings (the 2x2, the permuted-pixel drops, the CNN's lead over the MLP at each
-training-set size, the parameters each family needs to reach the report's accuracies) as each run's
+the study's findings (the 2x2, the permuted-pixel drops, the CNN's lead over the MLP and the 2x2 at
+each training-set size, the parameters each family needs to reach the report's accuracies) as each run's
 own seeds give them, to see which of them moved.
 """
 
@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from whyconv.report import FAMILY_NAMES, leads_by_train_size, points, reach_levels, some_seed_at_smallest
+from whyconv.report import (FAMILY_NAMES, factorials_by_train_size, leads_by_train_size, points, reach_levels,
+                            some_seed_at_smallest)
 from whyconv.results import FAMILY_ORDER, factorial_table, params_ratio, permutation_table
 
 # What names one trained model: a run of the study has one row for each.
@@ -114,8 +115,9 @@ def summary(first: pd.DataFrame, second: pd.DataFrame, cells: int = 5) -> str:
 
 def findings(results: pd.DataFrame, levels: list[float], budget: int | None = None,
              reference: str = "cnn") -> dict[str, str]:
-    """The study's findings in one run, each worded with its 95% interval over seeds: the 2x2 and
-    the permuted-pixel drops at `budget` (by default the matched budget, the permuted cells'), and
+    """The study's findings in one run, each worded with its 95% interval over seeds: the 2x2, the
+    permuted-pixel drops and, on each training-set size, the CNN's lead over the MLP and the 2x2, at
+    `budget` (by default the matched budget, the permuted cells'), and
     how many times `reference`'s parameters each family needs to reach each of `levels`."""
     found = {}
     permuted = results.loc[results["comparison"] == "permuted", "budget"].dropna()
@@ -129,6 +131,11 @@ def findings(results: pd.DataFrame, levels: list[float], budget: int | None = No
                 row.drop, row.drop_low, row.drop_high)
         for size, lead in leads_by_train_size(results, budget).items():
             found[f"CNN minus MLP on {size:,} training images"] = points(*lead)
+        subset_sizes = set(results.loc[results["comparison"] == "subset", "train_size"])
+        for size, table in factorials_by_train_size(results, budget).items():
+            if size in subset_sizes:  # the full split's 2x2 is the first finding
+                for row in table.query("kind == 'effect'").itertuples():
+                    found[f"2x2 on {size:,} training images: {row.term}"] = points(row.estimate, row.low, row.high)
     for level in levels:
         for family in [f for f in FAMILY_ORDER if f != reference and f in set(results["family"])]:
             found[f"{FAMILY_NAMES[family]} / {FAMILY_NAMES[reference]} parameters to reach {100 * level:.0f}%"] = (

@@ -26,7 +26,8 @@ from whyconv.atomic import atomic_path, write_text  # noqa: E402
 from whyconv.capacity import Skeleton  # noqa: E402
 from whyconv.probes import first_layer_kernel  # noqa: E402
 from whyconv.provenance import CODE_PATHS, code_version, git  # noqa: E402
-from whyconv.results import difference_interval, mean_interval, params_ratio, params_to_reach  # noqa: E402
+from whyconv.results import (FACTORIAL, difference_interval, factorial_table, mean_interval, params_ratio,  # noqa: E402
+                             params_to_reach)
 
 FAMILY_LABELS = {"mlp": "MLP (neither prior)", "lcn": "LCN (local, not shared)",
                  "gconv": "GConv (shared, not local)", "cnn": "CNN (local, shared)",
@@ -598,16 +599,51 @@ def shift_section(shift: pd.DataFrame, max_shift: int) -> str:
             + (100 * table).round(2).to_markdown() + "\n\n" + "\n".join(lines))
 
 
+def families_on_subsets(results: pd.DataFrame, budget: int) -> set[str]:
+    """The families with a finished model at `budget` on a subset of the training split."""
+    return set(results.loc[(results["comparison"] == "subset") & (results["budget"] == budget)
+                           & (results["status"] == "ok"), "family"])
+
+
+def models_by_train_size(results: pd.DataFrame, budget: int) -> dict[int, pd.DataFrame]:
+    """The finished models at `budget` on each training-set size (the full split's and each
+    subset's), each size's as budget cells, so that the study's tables for one budget read them."""
+    cells = results[(results["budget"] == budget) & (results["status"] == "ok")
+                    & results["comparison"].isin(["budget", "subset"])]
+    return {int(size): group.assign(comparison="budget") for size, group in cells.groupby("train_size")}
+
+
 def leads_by_train_size(results: pd.DataFrame, budget: int) -> dict[int, tuple[float, float, float]]:
     """The CNN's test accuracy minus the MLP's at `budget`, with its 95% Welch interval, at each
     training-set size both trained at (the full split and the subsets), where both trained on subsets."""
-    cells = results[(results["budget"] == budget) & (results["status"] == "ok")
-                    & results["comparison"].isin(["budget", "subset"])]
-    if not {"cnn", "mlp"} <= set(cells.loc[cells["comparison"] == "subset", "family"]):
+    if not {"cnn", "mlp"} <= families_on_subsets(results, budget):
         return {}
-    acc = {key: group.to_numpy() for key, group in cells.groupby(["train_size", "family"])["test_acc"]}
-    return {int(size): difference_interval(acc[size, "cnn"], acc[size, "mlp"])
-            for size in sorted(cells["train_size"].unique()) if (size, "cnn") in acc and (size, "mlp") in acc}
+    leads = {}
+    for size, models in models_by_train_size(results, budget).items():
+        acc = {family: group.to_numpy() for family, group in models.groupby("family")["test_acc"]}
+        if {"cnn", "mlp"} <= set(acc):
+            leads[size] = difference_interval(acc["cnn"], acc["mlp"])
+    return leads
+
+
+def factorials_by_train_size(results: pd.DataFrame, budget: int) -> dict[int, pd.DataFrame]:
+    """The 2x2 of locality x sharing at `budget` on each training-set size where all four of its
+    families trained (`results.factorial_table`), where they all trained on subsets."""
+    if not set(FACTORIAL) <= families_on_subsets(results, budget):
+        return {}
+    tables = {size: factorial_table(models, budget) for size, models in models_by_train_size(results, budget).items()}
+    return {size: table for size, table in tables.items() if not table.empty}
+
+
+def factorials_table(factorials: dict[int, pd.DataFrame]) -> str:
+    """The 2x2's effects at each training-set size, one row each, in points with their intervals."""
+    rows = []
+    for size, table in factorials.items():
+        effects = table.set_index("term")
+        rows.append({"training images": f"{size:,}", **{
+            term: points(*effects.loc[term, ["estimate", "low", "high"]]).replace(" points, 95% CI", "")
+            for term in ("locality", "sharing", "interaction")}})
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
 
 
 def subsets_section(results: pd.DataFrame, subsets: pd.DataFrame, budget: int) -> str:
@@ -621,6 +657,10 @@ def subsets_section(results: pd.DataFrame, subsets: pd.DataFrame, budget: int) -
     epochs = subsets.groupby("train_size")["epochs"].max()
     lines = [f"- {size:,} training images: CNN minus MLP {points(*lead)}."
              for size, lead in leads_by_train_size(results, budget).items()]
+    factorials = factorials_by_train_size(results, budget)
+    if factorials:
+        lines += ["", "The 2x2 on each training-set size (what each prior buys, in accuracy points with 95% "
+                  "intervals, as in the 2x2 above):", "", factorials_table(factorials)]
     return (f"Test accuracy % [95% CI] at {budget:,} parameters against training-set size. Subsets are nested "
             "and the same for every family and seed; small subsets train for more epochs ("
             + ", ".join(f"{e} at {n:,}" for n, e in epochs.items()) + ") so that every run takes at least "
