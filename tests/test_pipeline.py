@@ -192,7 +192,7 @@ def test_switching_the_controls_off_trains_nothing_and_says_so(study):
     assert ran == ["aggregate", "probe", "report"]
     report = (study / "reports/report.md").read_text()
     assert report.count("Switched off") == 4
-    assert not re.search(r"figures/(permutation|shift|subsets|first_layer)\.png", report)  # no empty figures
+    assert not re.search(r"figures/(permutation|shift|subsets|priors_by_train_size|first_layer)\.png", report)  # no empty figures
     assert pd.read_csv(study / "reports/permutation.csv").empty
 
 

@@ -163,7 +163,8 @@ def full_tables() -> dict[str, pd.DataFrame]:
     """Every table the report reads, for a small made-up study with all four families and every control."""
     families = ("mlp", "lcn", "gconv", "cnn", "cnn_gap")
     extra = [run_record("permuted", f, 10_000, s, 0.8 + 0.01 * s) for f in ("mlp", "cnn") for s in range(3)]
-    extra += [run_record("subset", f, 10_000, s, 0.7 + 0.01 * s, train_size=100) for f in ("mlp", "cnn") for s in range(3)]
+    extra += [run_record("subset", f, 10_000, s, 0.7 + 0.01 * k + 0.01 * s, train_size=100)
+              for k, f in enumerate(("mlp", "lcn", "gconv", "cnn")) for s in range(3)]
     results = study_results({"mlp": [0.80, 0.85, 0.88], "lcn": [0.83, 0.87, 0.89], "gconv": [0.81, 0.86, 0.88],
                              "cnn": [0.86, 0.89, 0.92], "cnn_gap": [0.84, 0.88, 0.90]}, extra=extra)
     budget = results[results["comparison"] == "budget"]
@@ -202,7 +203,8 @@ def test_report_files_are_self_contained(tmp_path):
     means = next(line for line in report.splitlines() if line.startswith("- Mean test accuracy on permuted pixels"))
     assert " > " not in means and "(on natural pixels: CNN" in means  # means in order, not a ranking
     page = (tmp_path / "index.html").read_text()
-    assert page.count("data:image/png;base64,") == 8 and 'src="figures/' not in page
+    assert page.count("data:image/png;base64,") == 9 and 'src="figures/' not in page
+    assert "![what each prior buys against training-set size](figures/priors_by_train_size.png)" in report
     assert "<table>" in page and "MLP parameters" in page and "Where the seeds place each crossing" in page
     assert re.search(r"- CNN: \d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\] at 100,000 parameters", report)
     tables = full_tables()
@@ -227,7 +229,7 @@ def test_a_skeleton_with_another_kernel_or_depth_gets_its_whole_report(tmp_path,
     report = (tmp_path / "report.md").read_text()
     assert f"a {kernel_size}x{kernel_size} patch" in report and layers in report
     assert "1 epoch," in report and "1 epochs" not in report
-    assert (tmp_path / "index.html").read_text().count("data:image/png;base64,") == 8
+    assert (tmp_path / "index.html").read_text().count("data:image/png;base64,") == 9
 
 
 def test_a_control_switched_off_gets_its_words_and_no_empty_figure(tmp_path):
@@ -244,13 +246,13 @@ def test_a_control_switched_off_gets_its_words_and_no_empty_figure(tmp_path):
         warnings.simplefilter("error")  # no figure drawn from nothing (matplotlib warns of an empty legend)
         write_report(tables, setup, tmp_path)
     report = (tmp_path / "report.md").read_text()
-    for name in ("factorial", "permutation", "shift", "subsets", "first_layer"):
+    for name in ("factorial", "permutation", "shift", "subsets", "priors_by_train_size", "first_layer"):
         assert f"figures/{name}.png" not in report
     assert report.count("Switched off") == 4 and "Not run: the 2x2 needs" in report
     assert "![test accuracy against parameters](figures/accuracy_vs_params.png)" in report
     # The figures are declared outputs, so they are written all the same, saying there is nothing to show.
     assert all((tmp_path / "figures" / f"{name}.png").stat().st_size
-               for name in ("factorial", "permutation", "shift", "subsets"))
+               for name in ("factorial", "permutation", "shift", "subsets", "priors_by_train_size"))
     assert (tmp_path / "index.html").read_text().count("data:image/png;base64,") == 3
 
 

@@ -528,6 +528,31 @@ def factorial_figure(factorial: pd.DataFrame, budget: int, path: Path) -> None:
     save_figure(fig, path)
 
 
+def priors_figure(factorials: dict[int, pd.DataFrame], budget: int, path: Path) -> None:
+    """What each prior buys against training-set size: the 2x2's effects on each size, with their
+    95% intervals (the x positions nudged apart so that the bars do not hide each other)."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sizes = np.array(sorted(factorials))
+    terms = {"locality": ("locality", FAMILY_COLORS["lcn"], 0.93),
+             "sharing": ("sharing", FAMILY_COLORS["gconv"], 1.0),
+             "interaction": ("interaction", "0.35", 1.07)}
+    for term, (label, color, nudge) in terms.items():
+        effect = np.array([factorials[size].set_index("term").loc[term, ["estimate", "low", "high"]].to_numpy(float)
+                           for size in sizes])
+        ax.errorbar(sizes * nudge, 100 * effect[:, 0], capsize=4, marker="o", color=color, label=label,
+                    yerr=[100 * (effect[:, 0] - effect[:, 1]), 100 * (effect[:, 2] - effect[:, 0])])
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xticks(sizes, [f"{size:,}" for size in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("training images (log scale)")
+    ax.set_ylabel("effect on test accuracy (points)")
+    ax.set_title(f"What each prior buys at {budget:,} parameters, by training-set size\n(bars: 95% interval over seeds)")
+    ax.legend(loc="upper left", fontsize=9)
+    save_figure(fig, path)
+
+
 def permutation_figure(results: pd.DataFrame, budget: int, path: Path) -> None:
     """Test accuracy on natural and permuted pixels per family: mean bars and every seed as a dot."""
     runs = results[(results["budget"] == budget) & (results["status"] == "ok")
@@ -830,6 +855,7 @@ def write_report(tables: dict[str, pd.DataFrame], setup: dict, folder: Path) -> 
     common = common_budgets(summary)
     curve_budget = int(max(common) if common else summary["budget"].max())
     curves_figure(tables["curves"], curve_budget, figures / "training_curves.png")
+    factorials = factorials_by_train_size(results, budget)
     # A control that is switched off (or a 2x2 missing a family) gets its section's words and no
     # figure; its figure file, a declared output, says why instead. name: (shown, draw, why not).
     control_figures = {
@@ -849,6 +875,9 @@ def write_report(tables: dict[str, pd.DataFrame], setup: dict, folder: Path) -> 
                                              f"Sample efficiency at {budget:,} parameters",
                                              "training images (log scale)", log_x=True),
                     f"Sample efficiency: switched off ({SWITCHED_OFF['subsets']})."),
+        "priors_by_train_size": (bool(factorials), lambda path: priors_figure(factorials, budget, path),
+                                 "No 2x2 on fewer training images in this run: it needs the MLP, LCN, GConv "
+                                 "and CNN in controls.subsets.families."),
     }
     for name, (shown, draw, why_not) in control_figures.items():
         if shown:
@@ -964,7 +993,7 @@ a global-average-pool head (CNN+GAP).
 
 {figure_link("accuracy against training-set size", "subsets.png", shown["subsets"])}{subsets_section(results, tables["subsets"], budget)}
 
-## What the networks learn
+{figure_link("what each prior buys against training-set size", "priors_by_train_size.png", shown["priors_by_train_size"])}## What the networks learn
 
 {figure_link("first-layer weights", "first_layer.png", shown["weights"])}{weights_section(tables["weights"], setup["model"]["kernel_size"])}
 
