@@ -118,6 +118,26 @@ def test_cells_left_out_are_named_a_family_at_a_time():
                                            "MLP at 50,000 and 100,000", "CNN at 4,000"]
 
 
+def test_with_every_runs_translation_probe_beside_it_each_picks_probe_is_shown(tmp_path, capsys):
+    argv = []
+    for label, (validation, shifted) in {"slow": (0.90, 0.50), "fast": (0.92, 0.60)}.items():
+        folder = tmp_path / label
+        folder.mkdir()
+        run({("cnn_gap", BUDGET): [(validation, 0.86)] * 2}).to_csv(folder / "results.csv", index=False)
+        pd.DataFrame([{"family": "cnn_gap", "budget": BUDGET, "seed": seed, "shift": shift,
+                       "test_acc": 0.86 if shift == 0 else shifted + 0.01 * seed}
+                      for seed in range(2) for shift in range(3)]).to_csv(folder / "shift.csv", index=False)
+        argv.append(f"{label}={folder / 'results.csv'}")
+    tuned.main([*argv, "--budget", str(BUDGET)])
+    out = capsys.readouterr().out
+    assert "| CNN+GAP  | 25,000   | fast     | 86.00  | 60.50  | 60.50  |" in out
+    assert "None from these cells" in out  # one family: no 2x2, no ratio
+    # Without a probe beside every run, no translation table (a pick could lack its probe).
+    (tmp_path / "slow" / "shift.csv").unlink()
+    tuned.main([*argv, "--budget", str(BUDGET)])
+    assert "moved by s pixels" not in capsys.readouterr().out
+
+
 def test_labels_are_printed_as_given():
     runs = {"1e-3": run(four_families({"mlp": 0.86, "lcn": 0.87, "gconv": 0.88, "cnn": 0.90})),
             "3e-3": run(four_families({"mlp": 0.85, "lcn": 0.89, "gconv": 0.87, "cnn": 0.91}))}

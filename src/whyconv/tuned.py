@@ -16,7 +16,9 @@ it was chosen by. A recipe counts for a cell only where every one of its seeds t
 one that diverges is not a recipe for that cell. A cell trained at one recipe only is left out, as
 there is nothing to choose. A grid of a few recipes is a coarse tuning: a pick at either end of
 the recipes its cell was trained at says the best may lie beyond it, so give the recipes in order
-(of learning rate, say), and the output names the picks at an end.
+(of learning rate, say), and the output names the picks at an end. Where every run has the
+translation probe's shift.csv beside its results.csv, the output ends with each pick's accuracy on
+shifted test images.
 """
 
 from __future__ import annotations
@@ -171,11 +173,16 @@ def findings_by_recipe(models: pd.DataFrame, tuned: pd.DataFrame, budget: int) -
     # The findings some recipe, or the picks, give an estimate of (not only a bound, or nothing).
     rows = [{"finding": name, **{label: run.get(name, "") for label, run in found.items()}} for name in found[TUNED]
             if any(estimated(run.get(name, NOT_REACHED)) for run in found.values())]
+    if not rows:
+        return ("None from these cells: the 2x2 needs the MLP, LCN, GConv and CNN at the budget, and a "
+                "parameter ratio a family's accuracy over several budgets.")
     return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)  # labels as given
 
 
-def summary(runs: dict[str, pd.DataFrame], budget: int, reference: str | None = None) -> str:
-    """The tuning as markdown: each cell's pick, then the findings at each recipe and tuned."""
+def summary(runs: dict[str, pd.DataFrame], budget: int, reference: str | None = None,
+            shifts: dict[str, pd.DataFrame] | None = None) -> str:
+    """The tuning as markdown: each cell's pick, then the findings at each recipe and tuned, and
+    where `shifts` has every recipe's translation probe, the accuracy under translation at the picks."""
     models, left_out = with_a_choice(cell_runs(runs))
     if models.empty:
         raise AgreementError("no cell was trained at two recipes or more: nothing to choose between. "
@@ -190,7 +197,24 @@ def summary(runs: dict[str, pd.DataFrame], budget: int, reference: str | None = 
         *([f"Left out, trained at one recipe only: {'; '.join(left_out)}.", ""] if left_out else []),
         f"The findings at each recipe alone and with each cell at its pick (the 2x2 at {budget:,} "
         "parameters; 95% intervals over seeds):", "",
-        findings_by_recipe(models, tuned, budget)])
+        findings_by_recipe(models, tuned, budget),
+        *(["", "Test accuracy % (mean over seeds) with every test image moved by s pixels along both axes "
+           "(the translation probe's shift.csv), each cell at its pick:", "", shift_table(shifts, best)]
+          if shifts else [])])
+
+
+def shift_table(shifts: dict[str, pd.DataFrame], best: pd.DataFrame) -> str:
+    """The translation probe of each cell's pick: its mean test accuracy at each shift."""
+    probed = pd.concat([frame.assign(recipe=label) for label, frame in shifts.items()], ignore_index=True)
+    means = probed.groupby(["family", "budget", "recipe", "shift"])["test_acc"].mean()
+    cells = set(means.index.droplevel("shift"))
+    rows = [{"family": FAMILY_NAMES.get(pick.family, pick.family), "budget": f"{pick.budget:,}", "chosen": pick.recipe,
+             **{f"{shift} px": f"{100 * acc:.2f}" for shift, acc in means.loc[pick.family, pick.budget, pick.recipe].items()}}
+            for pick in in_study_order(best[best["comparison"] == "budget"])
+            if (pick.family, pick.budget, pick.recipe) in cells]
+    if not rows:
+        return "No cell's pick was probed."
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
 
 
 def labelled_path(text: str) -> tuple[str, Path]:
@@ -213,6 +237,23 @@ def recipe_runs(runs: list[tuple[str, Path]]) -> dict[str, pd.DataFrame]:
                                  "Fix: give each model once.")
         recipes[label] = frame
     return recipes
+
+
+def recipe_shifts(runs: list[tuple[str, Path]]) -> dict[str, pd.DataFrame] | None:
+    """Each label's translation probe, from the shift.csv beside each of its results files, or None
+    unless every run has one (a pick without its probe would leave gaps)."""
+    beside = [(label, path.parent / "shift.csv") for label, path in runs]
+    if not all(path.is_file() for _, path in beside):
+        return None
+    shifts = {}
+    for label in dict.fromkeys(label for label, _ in beside):
+        try:
+            frames = [pd.read_csv(path) for each, path in beside if each == label]
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+            raise AgreementError(f"cannot read a shift.csv of recipe {label!r}: {err}. Fix: give runs whose "
+                                 "shift.csv the probe stage wrote, or move it away.") from err
+        shifts[label] = pd.concat(frames, ignore_index=True).drop_duplicates(subset=["family", "budget", "seed", "shift"])
+    return shifts
 
 
 def matched_budget(params: Path = Path("params.yaml")) -> int:
@@ -249,8 +290,9 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"no matched budget in params.yaml here ({err}): give the 2x2's budget with --budget")
     try:
         runs = recipe_runs(args.runs)
+        shifts = recipe_shifts(args.runs)
         print(f"Written by `{command(args)}`.\n")
-        print(summary(runs, args.budget, args.reference))
+        print(summary(runs, args.budget, args.reference, shifts))
     except AgreementError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
