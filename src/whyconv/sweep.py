@@ -375,7 +375,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         work = training_work()
         stages = start_order(stages, work, upstream)
         trains = sum(s in work for s in stages)
-        print(f"{len(stages)} stages to run ({trains} training stages), {jobs} at a time", flush=True)
+        print(f"{len(stages)} stages to run ({trains} training stage{'' if trains == 1 else 's'}), {jobs} at a time",
+              flush=True)
         failed = run_parallel(stages, jobs, upstream=upstream, training=work.keys())
         if failed:
             sys.exit(f"error: {len(failed)} stage(s) failed: {', '.join(failed)}; see logs/ for each")
