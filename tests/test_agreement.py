@@ -148,3 +148,13 @@ def test_the_2x2_on_each_subset_size_is_a_finding_where_all_four_families_traine
     without_gconv = results[~((results["family"] == "gconv") & (results["comparison"] == "subset"))]
     assert report.factorials_by_train_size(without_gconv, 25000) == {}
     assert not any(name.startswith("2x2 on") for name in agreement.findings(without_gconv, [], 25000))
+
+
+def test_the_lcn_against_the_cnn_on_the_same_skeleton_is_a_finding_of_full_split_models_only():
+    # First, the same width on fewer images: another question, whichever row comes first.
+    results = study({("subset", "cnn", 4000, 4): [0.60, 0.61],
+                     ("budget", "lcn", 25000, 4): [0.89, 0.90], ("budget", "cnn", 4000, 4): [0.87, 0.88],
+                     ("skeleton", "lcn", None, 16): [0.91, 0.92], ("skeleton", "cnn", None, 16): [0.90, 0.91]})
+    found = agreement.findings(results, [])
+    assert found["LCN minus CNN on the same skeleton, c = 4 (6x the parameters)"].startswith("+2.00 points")
+    assert found["LCN minus CNN on the same skeleton, c = 16 (1x the parameters)"].startswith("+1.00 points")

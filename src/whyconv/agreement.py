@@ -10,8 +10,9 @@ puts a number on it, for a study rerun against the committed outputs, say:
 
 Test accuracy is a count over the test images, so "same" below is exact, not a tolerance. Last,
 the study's findings (the 2x2, the permuted-pixel drops, the CNN's lead over the MLP and the 2x2 at
-each training-set size, the parameters each family needs to reach the report's accuracies) as each run's
-own seeds give them, to see which of them moved.
+each training-set size, the LCN against the CNN on the same skeleton, the parameters each family
+needs to reach the report's accuracies) as each run's own seeds give them, to see which of them
+moved.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pandas as pd
 
 from whyconv.report import (FAMILY_NAMES, factorials_by_train_size, leads_by_train_size, points, reach_levels,
                             some_seed_at_smallest)
-from whyconv.results import FAMILY_ORDER, factorial_table, params_ratio, permutation_table
+from whyconv.results import FAMILY_ORDER, factorial_table, params_ratio, permutation_table, skeleton_table
 
 # What names one trained model: a run of the study has one row for each.
 RUN_KEY = ["dataset", "comparison", "family", "budget", "width", "train_size", "seed"]
@@ -117,7 +118,8 @@ def findings(results: pd.DataFrame, levels: list[float], budget: int | None = No
              reference: str = "cnn") -> dict[str, str]:
     """The study's findings in one run, each worded with its 95% interval over seeds: the 2x2, the
     permuted-pixel drops and, on each training-set size, the CNN's lead over the MLP and the 2x2, at
-    `budget` (by default the matched budget, the permuted cells'), and
+    `budget` (by default the matched budget, the permuted cells'), the LCN against the CNN on each
+    skeleton both trained on, and
     how many times `reference`'s parameters each family needs to reach each of `levels`."""
     found = {}
     permuted = results.loc[results["comparison"] == "permuted", "budget"].dropna()
@@ -136,6 +138,12 @@ def findings(results: pd.DataFrame, levels: list[float], budget: int | None = No
             if size in subset_sizes:  # the full split's 2x2 is the first finding
                 for row in table.query("kind == 'effect'").itertuples():
                     found[f"2x2 on {size:,} training images: {row.term}"] = points(row.estimate, row.low, row.high)
+    # The LCN against the CNN on the same skeleton: models trained on the full split, as the
+    # report's table has them (a subset or permuted model of the same width is another question).
+    same_skeleton = skeleton_table(results[results["comparison"].isin(["budget", "skeleton"])])
+    for row in same_skeleton.itertuples():
+        found[f"LCN minus CNN on the same skeleton, c = {row.channels} ({row.param_ratio:.0f}x the parameters)"] = (
+            points(row.lcn_minus_cnn, row.lcn_minus_cnn_low, row.lcn_minus_cnn_high))
     for level in levels:
         for family in [f for f in FAMILY_ORDER if f != reference and f in set(results["family"])]:
             found[f"{FAMILY_NAMES[family]} / {FAMILY_NAMES[reference]} parameters to reach {100 * level:.0f}%"] = (
