@@ -34,7 +34,7 @@ def test_the_pick_is_read_from_validation_not_test():
     fast = run({("cnn", BUDGET): [(0.91, 0.93), (0.91, 0.93)]})
     best = tuned.best_recipes(tuned.cell_runs({"slow": slow, "fast": fast}))
     assert best.to_dict("records") == [{"family": "cnn", "budget": BUDGET, "comparison": "budget", "train_size": 55000,
-                                        "recipe": "slow", "compared": "slow, fast", "not_finished": "", "at_end": True}]
+                                        "width": 1, "recipe": "slow", "compared": "slow, fast", "not_finished": "", "at_end": True}]
 
 
 def test_a_recipe_with_a_diverged_seed_is_not_a_pick_and_a_tie_goes_to_the_first_given():
@@ -111,11 +111,12 @@ def test_a_cell_trained_at_one_recipe_only_is_left_out_and_named():
 
 
 def test_cells_left_out_are_named_a_family_at_a_time():
-    cells = pd.DataFrame([("mlp", 50000, "budget", 55000), ("cnn", 4000, "budget", 55000),
-                          ("mlp", 25000, "subset", 3000), ("mlp", 25000, "subset", 1000),
-                          ("mlp", 100000, "budget", 55000), ("mlp", 25000, "subset", 10000)], columns=tuned.CELL)
+    cells = pd.DataFrame([("mlp", 50000, "budget", 55000, 60), ("cnn", 4000, "budget", 55000, 4),
+                          ("mlp", 25000, "subset", 3000, 30), ("mlp", 25000, "subset", 1000, 30),
+                          ("cnn", tuned.NO_BUDGET, "skeleton", 55000, 16), ("mlp", 100000, "budget", 55000, 120),
+                          ("mlp", 25000, "subset", 10000, 30)], columns=tuned.CELL)
     assert tuned.cells_in_words(cells) == ["MLP at 25,000 on 1,000, 3,000 and 10,000 images",
-                                           "MLP at 50,000 and 100,000", "CNN at 4,000"]
+                                           "MLP at 50,000 and 100,000", "CNN at 4,000", "CNN on the c = 16 skeleton"]
 
 
 def test_with_every_runs_translation_probe_beside_it_each_picks_probe_is_shown(tmp_path, capsys):
@@ -136,6 +137,21 @@ def test_with_every_runs_translation_probe_beside_it_each_picks_probe_is_shown(t
     (tmp_path / "slow" / "shift.csv").unlink()
     tuned.main([*argv, "--budget", str(BUDGET)])
     assert "moved by s pixels" not in capsys.readouterr().out
+
+
+def test_a_skeleton_cell_is_tuned_by_its_channels_and_the_same_skeleton_finding_follows_the_picks():
+    def skeleton(lcn: float, cnn: float) -> pd.DataFrame:
+        frame = run({("lcn", 0): [(lcn, lcn)] * 2, ("cnn", 0): [(cnn, cnn)] * 2})
+        frame = frame.assign(comparison="skeleton", budget=math.nan, width=16)
+        return frame.assign(params=frame["family"].map({"lcn": 274410, "cnn": 20490}))
+    runs = {"low": pd.concat([run({("cnn", BUDGET): [(0.90, 0.90)] * 2}), skeleton(0.90, 0.89)]),
+            "high": pd.concat([run({("cnn", BUDGET): [(0.91, 0.91)] * 2}), skeleton(0.89, 0.92)])}
+    best = tuned.best_recipes(tuned.cell_runs(runs)).set_index(["family", "comparison"])["recipe"]
+    assert best.to_dict() == {("cnn", "budget"): "high", ("lcn", "skeleton"): "low", ("cnn", "skeleton"): "high"}
+    text = tuned.summary(runs, BUDGET)
+    assert "| LCN      | skeleton, c = 16 |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| LCN minus CNN on the same skeleton, c = 16"))
+    assert row.split("|")[-2].strip().startswith("-2.00 points")  # each cell at its pick: 0.90 against 0.92
 
 
 def test_labels_are_printed_as_given():

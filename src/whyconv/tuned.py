@@ -2,9 +2,10 @@
 
 The study trains every family and size one way, tuned for none, and the families want different
 learning rates (README, **How far the findings depend on the recipe**). Given runs of the study at
-several recipes, this picks for each cell (family and budget, and for the sample-efficiency
-control's cells the training-set size) the recipe whose seeds reach the highest mean validation
-accuracy, and states the findings again with every cell at its pick:
+several recipes, this picks for each cell (family and budget, for the sample-efficiency
+control's cells the training-set size too, and for the same-skeleton cells the channels) the recipe
+whose seeds reach the highest mean validation accuracy, and states the findings again with every
+cell at its pick:
 
     python -m whyconv.tuned 0.001=reports/learning-rate/0.001/results.csv \\
         0.003=reports/results.csv 0.01=reports/learning-rate/0.01/results.csv
@@ -34,14 +35,17 @@ from whyconv.agreement import BOUND, NOT_REACHED, RUN_KEY, AgreementError, findi
 from whyconv.report import FAMILY_NAMES, interval
 from whyconv.results import FAMILY_ORDER, mean_interval
 
-# A cell: a family at a budget, trained on the full split ("budget") or on a subset of it.
-CELL = ["family", "budget", "comparison", "train_size"]
-TUNABLE = ["budget", "subset"]
+# A cell: a family at a budget, trained on the full split ("budget") or on a subset of it, or a
+# family on a skeleton of c channels ("skeleton", no budget: its width sets it).
+CELL = ["family", "budget", "comparison", "train_size", "width"]
+TUNABLE = ["budget", "subset", "skeleton"]
+NO_BUDGET = -1
 TUNED = "each cell at its pick"
 
 
 def cell_runs(runs: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """The budget and subset cells of every run, one row per model, with its run's `recipe` label."""
+    """The budget, subset and skeleton cells of every run, one row per model, with its run's
+    `recipe` label (a skeleton cell's budget NO_BUDGET)."""
     for label, frame in runs.items():
         if "val_acc" not in frame:
             raise AgreementError(f"run {label!r} has no val_acc column, which the choice reads. Fix: give a "
@@ -49,20 +53,26 @@ def cell_runs(runs: dict[str, pd.DataFrame]) -> pd.DataFrame:
     frames = [frame[frame["comparison"].isin(TUNABLE)].assign(recipe=label) for label, frame in runs.items()]
     combined = pd.concat(frames, ignore_index=True)
     if combined.empty:
-        raise AgreementError("no run has a budget or subset cell. Fix: give the results.csv of runs of the study.")
-    combined[["budget", "train_size"]] = combined[["budget", "train_size"]].astype(int)
+        raise AgreementError("no run has a budget, subset or skeleton cell. Fix: give the results.csv of runs "
+                             "of the study.")
+    combined["budget"] = combined["budget"].fillna(NO_BUDGET)
+    combined[["budget", "train_size", "width"]] = combined[["budget", "train_size", "width"]].astype(int)
     return combined
 
 
-def cell_name(family: str, budget: int, comparison: str, train_size: int) -> str:
+def cell_name(family: str, budget: int, comparison: str, train_size: int, width: int) -> str:
+    if comparison == "skeleton":
+        return f"{FAMILY_NAMES.get(family, family)} on the c = {width} skeleton"
     name = f"{FAMILY_NAMES.get(family, family)} at {budget:,}"
     return name + (f" on {train_size:,} images" if comparison == "subset" else "")
 
 
 def in_study_order(picks: pd.DataFrame) -> list:
-    """The rows of a table of cells as tuples, by family as the study orders them, then size."""
+    """The rows of a table of cells as tuples, by family as the study orders them, then size
+    (the skeleton cells after the budgets)."""
     order = {family: k for k, family in enumerate(FAMILY_ORDER)}
-    return sorted(picks.itertuples(), key=lambda r: (order.get(r.family, len(order)), r.budget, r.train_size))
+    return sorted(picks.itertuples(), key=lambda r: (order.get(r.family, len(order)), r.comparison == "skeleton",
+                                                     r.budget, r.train_size, r.width))
 
 
 def recipe_scores(models: pd.DataFrame) -> pd.DataFrame:
@@ -78,12 +88,11 @@ def best_recipes(models: pd.DataFrame) -> pd.DataFrame:
     did worse)."""
     scores = recipe_scores(models)
     rows = []
-    for (family, budget, comparison, train_size), cell in scores.groupby(CELL, sort=False):
+    for key, cell in scores.groupby(CELL, sort=False):
         finished = cell[cell["finished"]]
         recipe = finished.loc[finished["val_acc"].idxmax(), "recipe"] if len(finished) else None
         trained = cell["recipe"].tolist()  # in the order given
-        rows.append({"family": family, "budget": budget, "comparison": comparison, "train_size": train_size,
-                     "recipe": recipe,
+        rows.append({**dict(zip(CELL, key)), "recipe": recipe,
                      "compared": ", ".join(finished["recipe"]),
                      "not_finished": ", ".join(cell.loc[~cell["finished"], "recipe"]),
                      "at_end": recipe is not None and recipe in (trained[0], trained[-1])})
@@ -95,7 +104,7 @@ def picks_at_an_end(best: pd.DataFrame) -> str:
     at_end = in_study_order(best[best["at_end"]])
     if not at_end:
         return "Every pick lies between two recipes its cell was trained at."
-    names = [f"{cell_name(p.family, p.budget, p.comparison, p.train_size)} ({p.recipe})" for p in at_end]
+    names = [f"{cell_name(*(getattr(p, column) for column in CELL))} ({p.recipe})" for p in at_end]
     return ("At an end of the recipes their cell was trained at (in the order given), so a recipe beyond "
             f"might do better: {', '.join(names)}.")
 
@@ -109,21 +118,26 @@ def with_a_choice(models: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 
 def cells_in_words(cells: pd.DataFrame) -> list[str]:
-    """Cells named a few at a time: a family's budgets together, and its training-set sizes at a
-    budget together ("MLP at 25,000 on 1,000, 3,000 and 10,000 images")."""
+    """Cells named a few at a time: a family's budgets together, its training-set sizes at a
+    budget together ("MLP at 25,000 on 1,000, 3,000 and 10,000 images"), and its skeletons."""
     groups: dict[tuple[str, str, int | None], list[int]] = {}
     for cell in in_study_order(cells):
         if cell.comparison == "subset":
             groups.setdefault((cell.family, cell.comparison, cell.budget), []).append(cell.train_size)
+        elif cell.comparison == "skeleton":
+            groups.setdefault((cell.family, cell.comparison, None), []).append(cell.width)
         else:
             groups.setdefault((cell.family, cell.comparison, None), []).append(cell.budget)
     names = []
     for (family, comparison, budget), sizes in groups.items():
-        name = f"{FAMILY_NAMES.get(family, family)} at "
+        name = FAMILY_NAMES.get(family, family)
         if comparison == "subset":
-            names.append(name + f"{budget:,} on {in_words([f'{size:,}' for size in sizes])} images")
+            names.append(f"{name} at {budget:,} on {in_words([f'{size:,}' for size in sizes])} images")
+        elif comparison == "skeleton":
+            names.append(f"{name} on the c = {in_words([str(width) for width in sizes])} "
+                         + ("skeletons" if len(sizes) > 1 else "skeleton"))
         else:
-            names.append(name + in_words([f"{size:,}" for size in sizes]))
+            names.append(f"{name} at {in_words([f'{size:,}' for size in sizes])}")
     return names
 
 
@@ -144,10 +158,11 @@ def cells_table(models: pd.DataFrame, best: pd.DataFrame, reference: str | None)
     subsets = (best["comparison"] == "subset").any()
     cells = models.groupby(CELL)
     for pick in in_study_order(best):
-        row = {"family": FAMILY_NAMES.get(pick.family, pick.family), "budget": f"{pick.budget:,}",
+        budget = f"skeleton, c = {pick.width}" if pick.comparison == "skeleton" else f"{pick.budget:,}"
+        row = {"family": FAMILY_NAMES.get(pick.family, pick.family), "budget": budget,
                **({"images": f"{pick.train_size:,}"} if subsets else {}),
                "recipes compared": pick.compared + (f" ({pick.not_finished} diverged)" if pick.not_finished else "")}
-        cell = cells.get_group((pick.family, pick.budget, pick.comparison, pick.train_size))
+        cell = cells.get_group(tuple(getattr(pick, column) for column in CELL))
         chosen = cell[cell["recipe"] == pick.recipe]
         row |= {"chosen": pick.recipe or "none finished",
                 "val %": f"{100 * chosen['val_acc'].mean():.2f}" if len(chosen) else "",
