@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -58,6 +59,11 @@ def cell_runs(runs: dict[str, pd.DataFrame]) -> pd.DataFrame:
     combined["budget"] = combined["budget"].fillna(NO_BUDGET)
     combined[["budget", "train_size", "width"]] = combined[["budget", "train_size", "width"]].astype(int)
     return combined
+
+
+def cell_key(row: tuple) -> tuple:
+    """A cell's key (CELL's values) from a row of `in_study_order`."""
+    return tuple(getattr(row, column) for column in CELL)
 
 
 def cell_name(family: str, budget: int, comparison: str, train_size: int, width: int) -> str:
@@ -104,7 +110,7 @@ def picks_at_an_end(best: pd.DataFrame) -> str:
     at_end = in_study_order(best[best["at_end"]])
     if not at_end:
         return "Every pick lies between two recipes its cell was trained at."
-    names = [f"{cell_name(*(getattr(p, column) for column in CELL))} ({p.recipe})" for p in at_end]
+    names = [f"{cell_name(*cell_key(p))} ({p.recipe})" for p in at_end]
     return ("At an end of the recipes their cell was trained at (in the order given), so a recipe beyond "
             f"might do better: {', '.join(names)}.")
 
@@ -162,7 +168,7 @@ def cells_table(models: pd.DataFrame, best: pd.DataFrame, reference: str | None)
         row = {"family": FAMILY_NAMES.get(pick.family, pick.family), "budget": budget,
                **({"images": f"{pick.train_size:,}"} if subsets else {}),
                "recipes compared": pick.compared + (f" ({pick.not_finished} diverged)" if pick.not_finished else "")}
-        cell = cells.get_group(tuple(getattr(pick, column) for column in CELL))
+        cell = cells.get_group(cell_key(pick))
         chosen = cell[cell["recipe"] == pick.recipe]
         row |= {"chosen": pick.recipe or "none finished",
                 "val %": f"{100 * chosen['val_acc'].mean():.2f}" if len(chosen) else "",
@@ -239,19 +245,31 @@ def labelled_path(text: str) -> tuple[str, Path]:
     return label, Path(path)
 
 
+def by_label(runs: list[tuple[str, Path]], read: Callable[[Path], pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Each label's files read and put together, in the order the labels first come."""
+    return {label: pd.concat([read(path) for each, path in runs if each == label], ignore_index=True)
+            for label in dict.fromkeys(label for label, _ in runs)}
+
+
 def recipe_runs(runs: list[tuple[str, Path]]) -> dict[str, pd.DataFrame]:
-    """Each label's results, its files read and put together, in the order the labels first come."""
-    recipes = {}
-    for label in dict.fromkeys(label for label, _ in runs):
-        frame = pd.concat([read_results(path) for each, path in runs if each == label], ignore_index=True)
+    """Each label's results, a model given once."""
+    recipes = by_label(runs, read_results)
+    for label, frame in recipes.items():
         twice = frame[frame.duplicated(subset=RUN_KEY, keep=False)]
         if len(twice):
             model = twice.iloc[0]
             raise AgreementError(f"recipe {label!r} has {len(twice) // 2} models in more than one of its files "
                                  f"(the first: {model['family']} at {model['budget']}, seed {model['seed']}). "
                                  "Fix: give each model once.")
-        recipes[label] = frame
     return recipes
+
+
+def read_shift(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise AgreementError(f"cannot read {path}: {err}. Fix: give runs whose shift.csv the probe stage "
+                             "wrote, or move it away.") from err
 
 
 def recipe_shifts(runs: list[tuple[str, Path]]) -> dict[str, pd.DataFrame] | None:
@@ -260,15 +278,8 @@ def recipe_shifts(runs: list[tuple[str, Path]]) -> dict[str, pd.DataFrame] | Non
     beside = [(label, path.parent / "shift.csv") for label, path in runs]
     if not all(path.is_file() for _, path in beside):
         return None
-    shifts = {}
-    for label in dict.fromkeys(label for label, _ in beside):
-        try:
-            frames = [pd.read_csv(path) for each, path in beside if each == label]
-        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-            raise AgreementError(f"cannot read a shift.csv of recipe {label!r}: {err}. Fix: give runs whose "
-                                 "shift.csv the probe stage wrote, or move it away.") from err
-        shifts[label] = pd.concat(frames, ignore_index=True).drop_duplicates(subset=["family", "budget", "seed", "shift"])
-    return shifts
+    return {label: frame.drop_duplicates(subset=["family", "budget", "seed", "shift"])
+            for label, frame in by_label(beside, read_shift).items()}
 
 
 def matched_budget(params: Path = Path("params.yaml")) -> int:
