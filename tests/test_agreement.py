@@ -122,6 +122,20 @@ def test_the_cnns_lead_over_the_mlp_at_each_training_set_size_is_a_finding():
     assert report.leads_by_train_size(full, 25000) == {}
 
 
+def test_what_pooling_buys_over_the_cnn_at_each_training_set_size_is_a_finding():
+    full = study({("budget", "cnn", 25000, 19): [0.90, 0.91, 0.92], ("budget", "cnn_gap", 25000, 23): [0.85, 0.86, 0.84]})
+    subsets = study({("subset", "cnn", 25000, 19): [0.81, 0.81, 0.83],
+                     ("subset", "cnn_gap", 25000, 23): [0.80, 0.79, 0.81]})
+    results = pd.concat([full, subsets.assign(train_size=1000)], ignore_index=True)
+    found = agreement.findings(results, [], 25000)
+    assert found["CNN+GAP minus CNN on 1,000 training images"].startswith("-1.67 points")
+    assert found["CNN+GAP minus CNN on 55,000 training images"].startswith("-6.00 points")
+    assert not any(name.startswith("CNN minus MLP") for name in found)  # no MLP trained
+    # The CNN+GAP on the full split only: nothing by size.
+    assert not any(name.startswith("CNN+GAP minus") for name in agreement.findings(
+        results[~((results["family"] == "cnn_gap") & (results["comparison"] == "subset"))], [], 25000))
+
+
 
 def test_the_2x2_on_each_subset_size_is_a_finding_where_all_four_families_trained_on_it():
     full = study({("budget", "mlp", 25000, 30): [0.87, 0.88], ("budget", "lcn", 25000, 9): [0.88, 0.89],

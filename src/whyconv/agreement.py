@@ -9,8 +9,8 @@ puts a number on it, for a study rerun against the committed outputs, say:
     python -m whyconv.agreement /tmp/committed.csv reports/results.csv
 
 Test accuracy is a count over the test images, so "same" below is exact, not a tolerance. Last,
-the study's findings (the 2x2, the permuted-pixel drops, the CNN's lead over the MLP and the 2x2 at
-each training-set size, the LCN against the CNN on the same skeleton, the parameters each family
+the study's findings (the 2x2, the permuted-pixel drops, the CNN's lead over the MLP, the CNN+GAP's
+over the CNN and the 2x2 at each training-set size, the LCN against the CNN on the same skeleton, the parameters each family
 needs to reach the report's accuracies) as each run's own seeds give them, to see which of them
 moved.
 """
@@ -117,7 +117,8 @@ def summary(first: pd.DataFrame, second: pd.DataFrame, cells: int = 5) -> str:
 def findings(results: pd.DataFrame, levels: list[float], budget: int | None = None,
              reference: str = "cnn") -> dict[str, str]:
     """The study's findings in one run, each worded with its 95% interval over seeds: the 2x2, the
-    permuted-pixel drops and, on each training-set size, the CNN's lead over the MLP and the 2x2, at
+    permuted-pixel drops and, on each training-set size, the CNN's lead over the MLP, the CNN+GAP's
+    over the CNN and the 2x2, at
     `budget` (by default the matched budget, the permuted cells'), the LCN against the CNN on each
     skeleton both trained on, and
     how many times `reference`'s parameters each family needs to reach each of `levels`."""
@@ -131,8 +132,10 @@ def findings(results: pd.DataFrame, levels: list[float], budget: int | None = No
         for row in permutation_table(results, budget).itertuples():
             found[f"drop on permuted pixels: {FAMILY_NAMES[row.family]}"] = points(
                 row.drop, row.drop_low, row.drop_high)
-        for size, lead in leads_by_train_size(results, budget).items():
-            found[f"CNN minus MLP on {size:,} training images"] = points(*lead)
+        # What both priors buy over neither, and what pooling buys over the CNN, by amount of data.
+        for ahead, behind in (("cnn", "mlp"), ("cnn_gap", "cnn")):
+            for size, lead in leads_by_train_size(results, budget, ahead, behind).items():
+                found[f"{FAMILY_NAMES[ahead]} minus {FAMILY_NAMES[behind]} on {size:,} training images"] = points(*lead)
         subset_sizes = set(results.loc[results["comparison"] == "subset", "train_size"])
         for size, table in factorials_by_train_size(results, budget).items():
             if size in subset_sizes:  # the full split's 2x2 is the first finding

@@ -638,16 +638,18 @@ def models_by_train_size(results: pd.DataFrame, budget: int) -> dict[int, pd.Dat
     return {int(size): group.assign(comparison="budget") for size, group in cells.groupby("train_size")}
 
 
-def leads_by_train_size(results: pd.DataFrame, budget: int) -> dict[int, tuple[float, float, float]]:
-    """The CNN's test accuracy minus the MLP's at `budget`, with its 95% Welch interval, at each
-    training-set size both trained at (the full split and the subsets), where both trained on subsets."""
-    if not {"cnn", "mlp"} <= families_on_subsets(results, budget):
+def leads_by_train_size(results: pd.DataFrame, budget: int, ahead: str = "cnn",
+                        behind: str = "mlp") -> dict[int, tuple[float, float, float]]:
+    """`ahead`'s test accuracy minus `behind`'s at `budget` (the CNN's minus the MLP's unless told),
+    with its 95% Welch interval, at each training-set size both trained at (the full split and the
+    subsets), where both trained on subsets."""
+    if not {ahead, behind} <= families_on_subsets(results, budget):
         return {}
     leads = {}
     for size, models in models_by_train_size(results, budget).items():
         acc = {family: group.to_numpy() for family, group in models.groupby("family")["test_acc"]}
-        if {"cnn", "mlp"} <= set(acc):
-            leads[size] = difference_interval(acc["cnn"], acc["mlp"])
+        if {ahead, behind} <= set(acc):
+            leads[size] = difference_interval(acc[ahead], acc[behind])
     return leads
 
 

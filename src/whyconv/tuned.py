@@ -181,9 +181,9 @@ def cells_table(models: pd.DataFrame, best: pd.DataFrame, reference: str | None)
 
 
 def findings_by_recipe(models: pd.DataFrame, tuned: pd.DataFrame, budget: int) -> str:
-    """The 2x2 at `budget`, the CNN's lead over the MLP and the 2x2 at each training-set size, and
-    the parameter ratios over the same cells, at each recipe alone and with each cell at its pick, at
-    the accuracies the tuned cells reach."""
+    """The study's findings (`agreement.findings`: the 2x2 at `budget`, the leads and the 2x2 on
+    each training-set size, the same skeleton, the parameter ratios) at each recipe alone and with
+    each cell at its pick, the ratios at the accuracies the tuned cells reach."""
     levels = levels_of(tuned)
     found = {label: findings(frame, levels, budget) for label, frame in models.groupby("recipe", sort=False)}
     found[TUNED] = findings(tuned, levels, budget)
