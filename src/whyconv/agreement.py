@@ -10,9 +10,9 @@ puts a number on it, for a study rerun against the committed outputs, say:
 
 Test accuracy is a count over the test images, so "same" below is exact, not a tolerance. Last,
 the study's findings (the 2x2, the permuted-pixel drops, the CNN's lead over the MLP, the CNN+GAP's
-over the CNN and the 2x2 at each training-set size, the LCN against the CNN on the same skeleton, the parameters each family
-needs to reach the report's accuracies) as each run's own seeds give them, to see which of them
-moved.
+over the CNN and the 2x2 at each training-set size, the LCN against the CNN on the same skeleton,
+the parameters each family needs to reach the report's accuracies) as each run's own seeds give
+them, to see which of them moved.
 """
 
 from __future__ import annotations
@@ -116,12 +116,11 @@ def summary(first: pd.DataFrame, second: pd.DataFrame, cells: int = 5) -> str:
 
 def findings(results: pd.DataFrame, levels: list[float], budget: int | None = None,
              reference: str = "cnn") -> dict[str, str]:
-    """The study's findings in one run, each worded with its 95% interval over seeds: the 2x2, the
-    permuted-pixel drops and, on each training-set size, the CNN's lead over the MLP, the CNN+GAP's
-    over the CNN and the 2x2, at
-    `budget` (by default the matched budget, the permuted cells'), the LCN against the CNN on each
-    skeleton both trained on, and
-    how many times `reference`'s parameters each family needs to reach each of `levels`."""
+    """The study's findings in one run, each worded with its 95% interval over seeds: at `budget`
+    (by default the matched budget, the permuted cells') the 2x2, the permuted-pixel drops and, on
+    each training-set size, the CNN's lead over the MLP, the CNN+GAP's over the CNN and the 2x2;
+    the LCN against the CNN on each skeleton both trained on; and how many times `reference`'s
+    parameters each family needs to reach each of `levels`."""
     found = {}
     permuted = results.loc[results["comparison"] == "permuted", "budget"].dropna()
     if budget is None and len(permuted):

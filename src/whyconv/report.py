@@ -534,13 +534,12 @@ def priors_figure(factorials: dict[int, pd.DataFrame], budget: int, path: Path) 
     sns.set_theme(style="whitegrid", context="notebook")
     fig, ax = plt.subplots(figsize=(7, 4.5))
     sizes = np.array(sorted(factorials))
-    terms = {"locality": ("locality", FAMILY_COLORS["lcn"], 0.93),
-             "sharing": ("sharing", FAMILY_COLORS["gconv"], 1.0),
-             "interaction": ("interaction", "0.35", 1.07)}
-    for term, (label, color, nudge) in terms.items():
+    terms = {"locality": (FAMILY_COLORS["lcn"], 0.93), "sharing": (FAMILY_COLORS["gconv"], 1.0),
+             "interaction": ("0.35", 1.07)}
+    for term, (color, nudge) in terms.items():
         effect = np.array([factorials[size].set_index("term").loc[term, ["estimate", "low", "high"]].to_numpy(float)
                            for size in sizes])
-        ax.errorbar(sizes * nudge, 100 * effect[:, 0], capsize=4, marker="o", color=color, label=label,
+        ax.errorbar(sizes * nudge, 100 * effect[:, 0], capsize=4, marker="o", color=color, label=term,
                     yerr=[100 * (effect[:, 0] - effect[:, 1]), 100 * (effect[:, 2] - effect[:, 0])])
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xscale("log")
