@@ -12,9 +12,9 @@ from whyconv import data, stage
 from whyconv.atomic import atomic_path
 from whyconv.capacity import spatial_sizes
 from whyconv.config import load_params, skeleton_for
+from whyconv.figures import first_layer_figure
 from whyconv.models import build_model
-from whyconv.probes import first_layer, locality, sharing, shift_accuracy
-from whyconv.report import first_layer_figure
+from whyconv.probes import first_layer, first_layer_kernel, locality, sharing, shift_accuracy
 from whyconv.study import read_cell, read_trained_params
 from whyconv.training import init_params
 
@@ -56,7 +56,8 @@ def main() -> None:
     for name, rows in (("shift", shifts), ("weights", weights)):
         with atomic_path(REPORTS / f"{name}.csv") as tmp:
             pd.DataFrame(rows, columns=COLUMNS[name]).to_csv(tmp, index=False, float_format="%.6g")
-    first_layer_figure(examples, skeleton, REPORTS / "figures" / "first_layer.png")
+    kernels = {family: first_layer_kernel(family, tree, skeleton.image_shape) for family, tree in examples.items()}
+    first_layer_figure(kernels, REPORTS / "figures" / "first_layer.png")
     print(f"probed {len(families)} families at {budget:,} parameters -> {REPORTS}/shift.csv, weights.csv")
 
 

@@ -255,3 +255,25 @@ def test_report_page_is_self_contained_and_renders_in_a_real_browser(study, tmp_
     shot = ARTIFACTS / "report-first-screen.png"
     chromium("--window-size=1280,1000", f"--screenshot={shot}", page.as_uri(), profile=tmp_path / "p2")
     assert shot.read_bytes().startswith(b"\x89PNG")
+
+
+def imported_modules(script: Path) -> set[str]:
+    """The project's modules a stage script imports, directly or through another module, without
+    running its main()."""
+    probe = ("import importlib.util, sys\n"
+             f"spec = importlib.util.spec_from_file_location('stage_script', {str(script)!r})\n"
+             "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+             "print(' '.join(name for name in sys.modules if name.startswith('whyconv.')))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    return {f"src/{name.replace('.', '/')}.py" for name in done.stdout.split()}
+
+
+def test_every_stage_declares_every_module_its_script_imports():
+    # DVC reruns a stage only when something it declares changes: a module the script imports but
+    # the stage leaves out could change what the stage writes while `dvc repro` calls it up to date.
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    scripts = {name: re.match(r"python (pipelines/\w+\.py)", stage["cmd"]).group(1) for name, stage in stages.items()}
+    imports = {script: imported_modules(ROOT / script) for script in set(scripts.values())}
+    for name, stage in stages.items():
+        missing = ({scripts[name]} | imports[scripts[name]]) - set(stage["deps"])
+        assert not missing, f"stage {name} imports {sorted(missing)} but does not declare them in dvc.yaml"

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from whyconv.capacity import Skeleton
+from whyconv.figures import first_layer_figure
 from whyconv.report import (budget_sentences, budget_table, compute_section, crossing_ranges, devices_line,
-                            diverged_note, factorial_section, first_layer_figure, limitations, reach_sentence,
-                            reach_table, shift_section, some_seed_at_smallest, write_report)
+                            diverged_note, factorial_section, limitations, reach_sentence, reach_table,
+                            shift_section, some_seed_at_smallest, write_report)
 from whyconv.results import (factorial_table, params_ratio, params_to_reach, permutation_table, results_table,
                              skeleton_table, subsets_table, summarize)
 
@@ -194,7 +194,7 @@ def report_setup(max_shift: int, kernel_size: int = 3, depth: int = 2) -> dict:
 def test_report_files_are_self_contained(tmp_path):
     setup = report_setup(max_shift=2)
     kernel = np.random.default_rng(0).normal(size=(3, 3, 1, 4))
-    first_layer_figure({"cnn": {"Conv_0": {"kernel": kernel}}}, Skeleton((28, 28, 1), 10), tmp_path / "figures/first_layer.png")
+    first_layer_figure({"cnn": kernel}, tmp_path / "figures/first_layer.png")
     write_report(full_tables(), setup, tmp_path)
     report = (tmp_path / "report.md").read_text()
     assert "![test accuracy against parameters](figures/accuracy_vs_params.png)" in report
@@ -221,8 +221,7 @@ def test_report_files_are_self_contained(tmp_path):
                                                        (3, 4, "4 layers of c, 2c, ..., 8c channels")])
 def test_a_skeleton_with_another_kernel_or_depth_gets_its_whole_report(tmp_path, kernel_size, depth, layers):
     kernel = np.random.default_rng(0).normal(size=(kernel_size, kernel_size, 1, 4))
-    skeleton = Skeleton((28, 28, 1), 10, depth=depth, kernel_size=kernel_size)
-    first_layer_figure({"cnn": {"Conv_0": {"kernel": kernel}}}, skeleton, tmp_path / "figures/first_layer.png")
+    first_layer_figure({"cnn": kernel}, tmp_path / "figures/first_layer.png")
     setup = report_setup(max_shift=2, kernel_size=kernel_size, depth=depth) | {"epochs": 1}
     write_report(full_tables(), setup, tmp_path)
     assert (tmp_path / "figures/connectivity.png").stat().st_size

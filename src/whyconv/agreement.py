@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from whyconv.report import (FAMILY_NAMES, factorials_by_train_size, leads_by_train_size, points, reach_levels,
-                            some_seed_at_smallest)
+from whyconv.figures import FAMILY_NAMES
+from whyconv.report import factorials_by_train_size, leads_by_train_size, points, reach_levels, some_seed_at_smallest
 from whyconv.results import FAMILY_ORDER, factorial_table, params_ratio, permutation_table, skeleton_table
 
 # What names one trained model: a run of the study has one row for each.

@@ -33,7 +33,8 @@ import pandas as pd
 import yaml
 
 from whyconv.agreement import BOUND, NOT_REACHED, RUN_KEY, AgreementError, findings, levels_of, read_results
-from whyconv.report import FAMILY_NAMES, interval
+from whyconv.figures import FAMILY_NAMES
+from whyconv.report import interval
 from whyconv.results import FAMILY_ORDER, mean_interval
 
 # A cell: a family at a budget, trained on the full split ("budget") or on a subset of it, or a
