@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -258,14 +259,23 @@ def test_report_page_is_self_contained_and_renders_in_a_real_browser(study, tmp_
 
 
 def imported_modules(script: Path) -> set[str]:
-    """The project's modules a stage script imports, directly or through another module, without
-    running its main()."""
-    probe = ("import importlib.util, sys\n"
-             f"spec = importlib.util.spec_from_file_location('stage_script', {str(script)!r})\n"
-             "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
-             "print(' '.join(name for name in sys.modules if name.startswith('whyconv.')))")
-    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
-    return {f"src/{name.replace('.', '/')}.py" for name in done.stdout.split()}
+    """The project's modules a script imports, directly or through another project module, read from
+    the source (imports inside functions included), as paths from the repository root."""
+    found, todo = set(), [script]
+    while todo:
+        for node in ast.walk(ast.parse(todo.pop().read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "whyconv":
+                names = [f"whyconv.{a.name}" for a in node.names] if node.module == "whyconv" else [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names if a.name.startswith("whyconv.")]
+            else:
+                continue
+            for name in names:
+                module = Path("src", *name.split(".")).with_suffix(".py")
+                if module.as_posix() not in found:
+                    found.add(module.as_posix())
+                    todo.append(ROOT / module)
+    return found
 
 
 def test_every_stage_declares_every_module_its_script_imports():
