@@ -41,7 +41,7 @@ def main() -> None:
             print(f"probing {family}-{budget} seed {seed}", flush=True)
             if controls.max_shift:
                 curve = shift_accuracy(model, trained, images, labels, splits.meta.mean, splits.meta.std,
-                                       controls.max_shift)
+                                       controls.max_shift, controls.shift_fill)
                 shifts += [{"family": family, "budget": budget, "seed": seed, "shift": shift, "test_acc": acc}
                            for shift, acc in enumerate(curve)]
             if not controls.weights:

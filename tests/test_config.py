@@ -77,6 +77,7 @@ def test_default_params_are_valid():
     ("controls.subsets.sizes", [1000, 55000], "controls.subsets.sizes contains 55000: a subset must hold at least one batch"),
     ("controls.subsets.sizes", [100], "controls.subsets.sizes contains 100"),
     ("controls.max_shift", 20, "controls.max_shift = 20: Input should be less than or equal to 14"),
+    ("controls.shift_fill", "reflect", "controls.shift_fill = 'reflect': Input should be 'zero' or 'circular'"),
     ("train.augment_shift", -1, "train.augment_shift = -1: Input should be greater than or equal to 0"),
     ("data.dataset", "Fashion MNIST!", "data.dataset = 'Fashion MNIST!': String should match pattern"),
     ("data.val_size", 60000, "data.val_size=60000 must be smaller than the 60000 training images"),

@@ -1,11 +1,13 @@
 """The controls' transforms and the probes' metrics, on hand-made inputs with known answers."""
 
+import flax.linen as nn
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from whyconv.controls import permute_pixels, pixel_permutation, random_shifts, shift_images, training_subset
 from whyconv.data import Meta, Splits
-from whyconv.probes import first_layer, locality, sharing
+from whyconv.probes import first_layer, locality, predictor, sharing, shift_accuracy
 
 
 def test_permutation_is_a_bijection_fixed_by_its_seed():
@@ -30,6 +32,36 @@ def test_shift_by_zero_is_the_identity_and_shifts_move_content_with_zero_fill():
     moved = np.asarray(shift_images(images, 1, -2))
     assert np.array_equal(moved[:, 1:, :3], images[:, :4, 2:])
     assert (moved[:, 0] == 0).all() and (moved[:, :, 3:] == 0).all()
+
+
+def test_circular_shifts_wrap_around_and_lose_nothing():
+    images = np.arange(2 * 5 * 5).reshape(2, 5, 5, 1).astype(np.float32) + 1
+    moved = np.asarray(shift_images(images, 1, -2, "circular"))
+    assert np.array_equal(moved[:, 1:, :3], images[:, :4, 2:])  # where zero fill moves it too
+    assert np.array_equal(moved[:, 0, :3], images[:, 4, 2:]) and np.array_equal(moved[:, 1:, 3:], images[:, :4, :2])
+    assert np.array_equal(shift_images(images, 5, -5, "circular"), images)
+
+
+class Extremes(nn.Module):
+    """Class 1 where the brightest pixel is further above mid-grey than the darkest is below, else 0:
+    it looks at two pixel values and never at where they are."""
+
+    def __call__(self, x):
+        return jnp.stack([-x.max(axis=(1, 2, 3)), x.min(axis=(1, 2, 3))], axis=-1)
+
+
+def test_the_translation_probe_fills_as_asked():
+    """A model blind to position keeps its accuracy under circular shifts at every distance; with
+    zero fill, the background that comes in changes its answers."""
+    rng = np.random.default_rng(0)
+    images = rng.uniform(rng.uniform(30, 120, (300, 1, 1, 1)), rng.uniform(130, 255, (300, 1, 1, 1)), (300, 8, 8, 1))
+    model, params = Extremes(), {}
+    labels = np.asarray(predictor(model, 0.5, 0.25)(params, images))  # its own answers: accuracy 1 unshifted
+    assert len(set(labels)) > 1
+    circular = shift_accuracy(model, params, images, labels, 0.5, 0.25, max_shift=3, fill="circular")
+    zero = shift_accuracy(model, params, images, labels, 0.5, 0.25, max_shift=3)
+    assert circular == [1.0] * 4
+    assert zero[0] == 1.0 and max(zero[1:]) < 1.0
 
 
 def test_random_shifts_stay_within_range():

@@ -70,11 +70,12 @@ def test_comparison_wording_flips_with_the_data():
 def test_one_seed_and_one_budget_are_worded_as_such():
     shift = pd.DataFrame([{"family": "cnn", "budget": 10_000, "seed": s, "shift": k, "test_acc": 0.9 - 0.1 * k}
                           for s in range(2) for k in range(3)])
-    assert "(paired over seeds)." in shift_section(shift, 2)
-    one_seed = shift_section(shift[shift["seed"] == 0], 2)
+    assert "(paired over seeds)." in shift_section(shift, 2, "zero")
+    assert "(circular: what is pushed off one edge comes back at the other;" in shift_section(shift, 2, "circular")
+    one_seed = shift_section(shift[shift["seed"] == 0], 2, "zero")
     assert "falls by 20.00 points, interval unknown with one seed." in one_seed and "paired" not in one_seed
     gains = shift.assign(test_acc=0.8 + 0.01 * shift["shift"] + 0.001 * shift["seed"])  # trained with shifts, say
-    assert "accuracy rises by 2.00 points, 95% CI" in shift_section(gains, 2) and "by -" not in shift_section(gains, 2)
+    assert "accuracy rises by 2.00 points, 95% CI" in shift_section(gains, 2, "zero") and "by -" not in shift_section(gains, 2, "zero")
     results, summary = report_inputs({"mlp": [0.80, 0.85, 0.88]})
     setup = {"dataset": "d", "sizes": {"train": 10}, "augment_shift": 0, "seeds": [0], "epochs": 2,
              "learning_rate": 0.1, "weight_decay": 0.0, "dropout": 0.3, "params": {"controls": {"matched_budget": 10_000}}}

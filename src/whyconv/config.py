@@ -20,6 +20,7 @@ IDX_TRAIN_SIZES = {"fashion_mnist": 60000, "mnist": 60000}  # known before prepa
 
 Positive = Annotated[int, Field(gt=0)]
 Family = Literal[FAMILIES]
+ShiftFill = Literal["zero", "circular"]  # what the translation probe brings in at the uncovered edge
 
 
 class ParamsError(ValueError):
@@ -112,6 +113,7 @@ class ControlsParams(Strict):
     permutation: Permutation
     subsets: Subsets
     max_shift: Annotated[int, Field(ge=0, le=14)]
+    shift_fill: ShiftFill = "zero"
     weights: bool
 
     @field_validator("permutation", "subsets")

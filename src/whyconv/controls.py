@@ -3,8 +3,10 @@
 * `pixel_permutation` / `permute_pixels`: one fixed, seeded shuffle of pixel positions applied to
   every image of every split. Each pixel survives, spatial structure does not: whatever a prior
   gains from neighbouring pixels being related should vanish.
-* `shift_images`: translate images by whole pixels with zero fill (the translation probe, and
-  the optional training-time augmentation).
+* `shift_images`: translate images by whole pixels (the translation probe): with zero fill, what
+  is pushed off the image is lost and background comes in; with circular fill it wraps around to
+  the other side, so no content is lost and only the position changes.
+* `random_shifts`: each image by its own random shift, zero fill (the optional augmentation).
 * `training_subset`: the first n of one seeded order of the training split, so the subsets are
   nested (1k inside 3k inside 10k) and the same for every family and seed.
 """
@@ -17,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from whyconv.config import ShiftFill
 from whyconv.data import Splits
 
 
@@ -41,8 +44,14 @@ def permuted_splits(splits: Splits, seed: int) -> Splits:
     return Splits(splits.meta, arrays)
 
 
-def shift_images(images: jnp.ndarray, dy: int, dx: int) -> jnp.ndarray:
-    """Translate (N, H, W, C) images down by dy and right by dx pixels (negative: up, left); zero fill."""
+def shift_images(images: jnp.ndarray, dy: int, dx: int, fill: ShiftFill = "zero") -> jnp.ndarray:
+    """Translate (N, H, W, C) images down by dy and right by dx pixels (negative: up, left).
+
+    `fill` says what comes in at the uncovered edge: zeros (the background of the study's
+    images), or, circular, what left at the opposite edge.
+    """
+    if fill == "circular":
+        return jnp.roll(images, (dy, dx), axis=(1, 2))
     _, height, width, _ = images.shape
     pad_y, pad_x = abs(dy), abs(dx)
     padded = jnp.pad(images, ((0, 0), (pad_y, pad_y), (pad_x, pad_x), (0, 0)))

@@ -1,7 +1,8 @@
 """Probes of trained models: accuracy under translation, and what the first layer learned.
 
-* `shift_accuracy`: test accuracy when every test image is moved by s pixels along both axes
-  (zero fill), averaged over the four diagonal directions, for s = 0..max_shift.
+* `shift_accuracy`: test accuracy when every test image is moved by s pixels along both axes,
+  averaged over the four diagonal directions, for s = 0..max_shift. With zero fill a shift also
+  pushes content off the image; with circular fill it only moves it, which tells the two apart.
 * `locality`: how concentrated each first-layer unit's weights are in space: the share of its
   weight energy (squared weights) inside the best k x k window of the image, averaged over
   units. A unit that only sees a k x k patch scores 1; spread-out weights score about
@@ -24,6 +25,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.optimize import linear_sum_assignment
 
+from whyconv.config import ShiftFill
 from whyconv.controls import shift_images
 from whyconv.training import compiler_options, normalize
 
@@ -40,13 +42,13 @@ def accuracy(predict: Callable, params, images: jnp.ndarray, labels: np.ndarray,
 
 
 def shift_accuracy(model: nn.Module, params, images: np.ndarray, labels: np.ndarray, mean: float, std: float,
-                   max_shift: int) -> list[float]:
+                   max_shift: int, fill: ShiftFill = "zero") -> list[float]:
     """Test accuracy at shifts 0..max_shift (each the mean of the four diagonal directions)."""
     predict = predictor(model, mean, std)
     images = jnp.asarray(images)
     curve = [accuracy(predict, params, images, labels)]
     for s in range(1, max_shift + 1):
-        curve.append(float(np.mean([accuracy(predict, params, shift_images(images, dy, dx), labels)
+        curve.append(float(np.mean([accuracy(predict, params, shift_images(images, dy, dx, fill), labels)
                                     for dy in (-s, s) for dx in (-s, s)])))
     return curve
 

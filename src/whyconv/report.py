@@ -405,7 +405,11 @@ def permutation_section(permutation: pd.DataFrame) -> str:
     return table + "\n\n" + "\n".join(lines)
 
 
-def shift_section(shift: pd.DataFrame, max_shift: int) -> str:
+SHIFT_FILLS = {"zero": "zero fill: what is pushed off the image is lost",
+               "circular": "circular: what is pushed off one edge comes back at the other"}
+
+
+def shift_section(shift: pd.DataFrame, max_shift: int, fill: str) -> str:
     if shift.empty or max_shift == 0:
         return f"Switched off ({SWITCHED_OFF['shift']})."
     summary = by_seed_summary(shift, ["family", "shift"])
@@ -423,7 +427,7 @@ def shift_section(shift: pd.DataFrame, max_shift: int) -> str:
         lines.append(f"- {FAMILY_NAMES[family]}: shifted by {max_shift} pixels, accuracy {change} by "
                      f"{points(*size).replace('+', '')}{paired}.")
     return ("Test accuracy % (mean over seeds) with every test image moved by s pixels along both axes "
-            "(zero fill; the mean of the four diagonal directions):\n\n"
+            f"({SHIFT_FILLS[fill]}; the mean of the four diagonal directions):\n\n"
             + (100 * table).round(2).to_markdown() + "\n\n" + "\n".join(lines))
 
 
@@ -759,7 +763,7 @@ Every model trained at {budget:,} parameters, tested on shifted images. Weight s
 layers shift-*equivariant*; only pooling makes the output shift-*invariant*, hence the CNN with
 a global-average-pool head (CNN+GAP).
 
-{figure_link("accuracy against shift", "shift.png", shown["shift"])}{shift_section(tables["shift"], controls["max_shift"])}
+{figure_link("accuracy against shift", "shift.png", shown["shift"])}{shift_section(tables["shift"], controls["max_shift"], controls.get("shift_fill", "zero"))}
 
 ## Sample efficiency
 
