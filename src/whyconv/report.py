@@ -623,6 +623,7 @@ def write_report(tables: dict[str, pd.DataFrame], setup: dict, folder: Path) -> 
     """
     results, summary, skeleton = tables["results"], tables["summary"], tables["skeleton"]
     controls = setup["params"]["controls"]
+    shift_fill = controls.get("shift_fill", "zero")  # params.yaml from before the key: zero, as then
     budget = controls["matched_budget"]
     figures = folder / "figures"
     band_figure(summary, "params", figures / "accuracy_vs_params.png",
@@ -644,7 +645,7 @@ def write_report(tables: dict[str, pd.DataFrame], setup: dict, folder: Path) -> 
         "shift": (not tables["shift"].empty and controls["max_shift"] > 0,
                   lambda path: band_figure(by_seed_summary(tables["shift"], ["family", "shift"]), "shift", path,
                                            f"Accuracy under translation at {budget:,} parameters",
-                                           "shift along both axes (pixels)"),
+                                           f"shift along both axes (pixels; {shift_fill} fill)"),
                   f"Translation: switched off ({SWITCHED_OFF['shift']})."),
         "subsets": (not tables["subsets"].empty,
                     lambda path: band_figure(tables["subsets"], "train_size", path,
@@ -763,7 +764,7 @@ Every model trained at {budget:,} parameters, tested on shifted images. Weight s
 layers shift-*equivariant*; only pooling makes the output shift-*invariant*, hence the CNN with
 a global-average-pool head (CNN+GAP).
 
-{figure_link("accuracy against shift", "shift.png", shown["shift"])}{shift_section(tables["shift"], controls["max_shift"], controls.get("shift_fill", "zero"))}
+{figure_link("accuracy against shift", "shift.png", shown["shift"])}{shift_section(tables["shift"], controls["max_shift"], shift_fill)}
 
 ## Sample efficiency
 
