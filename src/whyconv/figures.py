@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from whyconv.atomic import atomic_path  # noqa: E402
 
@@ -58,6 +59,8 @@ def band_figure(summary: pd.DataFrame, x: str, path: Path, title: str, xlabel: s
                         (100 * rows["test_acc_high"]).clip(0, 100), color=color, alpha=0.2, linewidth=0)
     if log_x:
         ax.set_xscale("log")
+    else:  # the linear axis is the shift, in whole pixels: no ticks between them
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{title}\n(mean over seeds, band: 95% interval)")
