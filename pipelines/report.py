@@ -18,6 +18,7 @@ def main() -> None:
     params = load_params()
     meta = json.loads(Path("data/prepared/meta.json").read_text())
     setup = {"dataset": meta["dataset"], "sizes": meta["sizes"], "dropout": params.model.dropout,
+             "shift_fill": params.controls.shift_fill,
              "model": params.model.model_dump(), "version": report_version(),
              "params": yaml.safe_load(Path("params.yaml").read_text()), **params.train.model_dump()}
     tables = {name: pd.read_csv(REPORTS / f"{name}.csv") for name in TABLES}

@@ -136,7 +136,6 @@ def test_what_pooling_buys_over_the_cnn_at_each_training_set_size_is_a_finding()
         results[~((results["family"] == "cnn_gap") & (results["comparison"] == "subset"))], [], 25000))
 
 
-
 def test_the_2x2_on_each_subset_size_is_a_finding_where_all_four_families_trained_on_it():
     full = study({("budget", "mlp", 25000, 30): [0.87, 0.88], ("budget", "lcn", 25000, 9): [0.88, 0.89],
                   ("budget", "gconv", 25000, 9): [0.88, 0.89], ("budget", "cnn", 25000, 19): [0.90, 0.91]})

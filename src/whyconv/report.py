@@ -623,7 +623,7 @@ def write_report(tables: dict[str, pd.DataFrame], setup: dict, folder: Path) -> 
     """
     results, summary, skeleton = tables["results"], tables["summary"], tables["skeleton"]
     controls = setup["params"]["controls"]
-    shift_fill = controls.get("shift_fill", "zero")  # params.yaml from before the key: zero, as then
+    shift_fill = setup["shift_fill"]
     budget = controls["matched_budget"]
     figures = folder / "figures"
     band_figure(summary, "params", figures / "accuracy_vs_params.png",
